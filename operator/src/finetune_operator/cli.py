@@ -1,0 +1,97 @@
+"""The `finetune` command: render what the operator would create, print the CRD, validate manifests.
+
+Input errors exit with code 2 and one line per problem (file, field path, rule, value) — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from finetune_operator import crdgen
+from finetune_operator.api import FineTuneJob
+from finetune_operator.render import DEFAULT_TRAINER_IMAGE, render
+from finetune_operator.validation import FieldError, InvalidInputError, parse_documents, validate_manifest
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+
+def load_jobs(path: str) -> list[FineTuneJob]:
+    """Every FineTuneJob in a YAML file ('-' reads standard input); all problems of all documents are reported."""
+    source = "<stdin>" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = (error.strerror if isinstance(error, OSError) else None) or str(error)
+        raise InvalidInputError([FieldError("", f"cannot read file: {reason}", source=source)]) from None
+    documents = parse_documents(text, source)
+    jobs: list[FineTuneJob] = []
+    errors: list[FieldError] = []
+    for index, document in enumerate(documents):
+        label = source if len(documents) == 1 else f"{source}[document {index}]"
+        try:
+            jobs.append(validate_manifest(document, label))
+        except InvalidInputError as error:
+            errors.extend(error.errors)
+    if errors:
+        raise InvalidInputError(errors)
+    return jobs
+
+
+def dump_all(manifests: Sequence[object]) -> str:
+    return yaml.safe_dump_all(manifests, sort_keys=False, width=120)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    jobs = [job for path in args.files for job in load_jobs(path)]
+    sys.stdout.write(dump_all([render(job, trainer_image=args.image) for job in jobs]))
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    for path in args.files:
+        for job in load_jobs(path):
+            print(f"{path}: FineTuneJob {job.metadata.namespace}/{job.metadata.name} is valid")
+    return EXIT_OK
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    sys.stdout.write(crdgen.crd_yaml())
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune", description="finetune-operator: fine-tune small LLMs on Kubernetes"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    render_cmd = commands.add_parser("render", help="print the PyTorchJob(s) the operator would create for FILE(s)")
+    render_cmd.add_argument("files", nargs="+", metavar="FILE", help="FineTuneJob YAML ('-' for stdin)")
+    render_cmd.add_argument("--image", default=DEFAULT_TRAINER_IMAGE, help="trainer image when the spec sets none")
+    render_cmd.set_defaults(handler=cmd_render)
+    validate_cmd = commands.add_parser("validate", help="check FineTuneJob YAML file(s) without rendering")
+    validate_cmd.add_argument("files", nargs="+", metavar="FILE")
+    validate_cmd.set_defaults(handler=cmd_validate)
+    crd_cmd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
+    crd_cmd.set_defaults(handler=cmd_crd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except InvalidInputError as error:
+        print(f"error: {len(error.errors)} problem(s) in the input", file=sys.stderr)
+        print(error, file=sys.stderr)
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

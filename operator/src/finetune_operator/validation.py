@@ -1,0 +1,97 @@
+"""Turn invalid FineTuneJob input into messages a person can act on: field path, offending value, rule.
+
+Used by the CLI (exit code 2) and by the operator (a Failed condition instead of a crash loop), so both
+report the same problem in the same words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from finetune_operator.api import FineTuneJob
+
+_MAX_VALUE_CHARS = 80
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with the input: where, what was given, and which rule it breaks."""
+
+    path: str
+    rule: str
+    value: str | None = None
+    source: str = ""
+
+    def __str__(self) -> str:
+        shown = f" (got {self.value})" if self.value is not None else ""
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}{self.path or '<document>'}: {self.rule}{shown}"
+
+
+class InvalidInputError(ValueError):
+    """Input that no retry can fix; carries every problem found, not only the first."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(str(error) for error in self.errors))
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """('spec', 'data', 'datasets', 0, 'path') → 'spec.data.datasets[0].path' (the form kubectl explain uses)."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def show_value(value: Any) -> str:
+    """A short, unambiguous rendering of the offending value."""
+    text = repr(value)
+    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
+
+
+def field_errors(error: ValidationError, source: str = "") -> list[FieldError]:
+    """pydantic errors → FieldErrors, with rule texts phrased for this API."""
+    out = []
+    for item in error.errors(include_url=False):
+        path = field_path(item["loc"])
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            out.append(FieldError(path, "unknown field", show_value(item["input"]), source))
+        elif kind == "missing":
+            out.append(FieldError(path, "required field is missing", source=source))
+        elif kind == "cross_field":
+            out.append(FieldError(path, item["msg"], source=source))
+        else:
+            rule = item["msg"].removeprefix("Value error, ")
+            out.append(FieldError(path, rule, show_value(item["input"]), source))
+    return out
+
+
+def validate_manifest(document: Any, source: str = "") -> FineTuneJob:
+    """A FineTuneJob from one parsed YAML/JSON document, or InvalidInputError listing every problem."""
+    if not isinstance(document, Mapping):
+        raise InvalidInputError([FieldError("", "a FineTuneJob must be a mapping", show_value(document), source)])
+    try:
+        return FineTuneJob.model_validate(document)
+    except ValidationError as error:
+        raise InvalidInputError(field_errors(error, source)) from None
+
+
+def parse_documents(text: str, source: str = "") -> list[Any]:
+    """All YAML documents in `text` (empty ones dropped); YAML syntax errors become InvalidInputError."""
+    try:
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "document"
+        problem = getattr(error, "problem", None) or str(error)
+        raise InvalidInputError([FieldError(where, f"invalid YAML: {problem}", source=source)]) from None
+    if not documents:
+        raise InvalidInputError([FieldError("", "no FineTuneJob document found", source=source)])
+    return documents

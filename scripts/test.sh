@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The one test command: sets up a fresh machine (Python venv with pinned deps, the local Kubernetes control
+# plane built from Go modules) and runs every check — ruff, mypy, CRD drift, the whole pytest suite.
+# Re-running is cheap: installs and builds are skipped when up to date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python environment ($VENV)"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --upgrade pip
+"$VENV/bin/pip" install --quiet -c constraints.txt -e ".[dev]"
+export PATH="$PWD/$VENV/bin:$PATH"
+
+if [ -x tests/cluster/build.sh ] && [ "${FINETUNE_SKIP_CLUSTER_BUILD:-0}" != 1 ]; then
+  step "Kubernetes control plane binaries (tests/cluster/build.sh)"
+  tests/cluster/build.sh
+fi
+
+step "ruff"
+ruff check .
+ruff format --check .
+
+step "mypy"
+mypy
+
+step "generated CRD is fresh"
+python -m finetune_operator.crdgen --check
+
+step "pytest"
+set +e
+python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$status"

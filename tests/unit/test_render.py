@@ -1,0 +1,173 @@
+"""render: the PyTorchJob contract (replicas, GPUs, names, env, scheduling), checked property by property."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from finetune_operator.api import FineTuneJob
+from finetune_operator.render import (
+    CONTAINER_NAME,
+    ENV_JOB_NAME,
+    ENV_JOB_NAMESPACE,
+    LABEL_JOB,
+    LABEL_QUEUE,
+    MAX_DNS_LABEL,
+    child_name,
+    label_value,
+    render_pytorchjob,
+)
+from tests.manifests import minimal_job
+
+DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+def pods(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {kind: spec["template"]["spec"] for kind, spec in job["spec"]["pytorchReplicaSpecs"].items()}
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {var["name"]: var["value"] for var in pod["containers"][0]["env"]}
+
+
+@pytest.mark.parametrize(("nodes", "workers"), [(1, None), (2, 1), (4, 3), (64, 63)])
+def test_master_plus_nodes_minus_one_workers(nodes: int, workers: int | None) -> None:
+    specs = render_pytorchjob(minimal_job(resources={"nodes": nodes}))["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1
+    assert specs.get("Worker", {}).get("replicas") == workers
+
+
+@pytest.mark.parametrize("gpus", [1, 4, 8])
+def test_gpu_limits_and_nproc_per_node(gpus: int) -> None:
+    job = render_pytorchjob(minimal_job(resources={"nodes": 2, "gpusPerNode": gpus}))
+    assert job["spec"]["nprocPerNode"] == str(gpus)
+    for pod in pods(job).values():
+        (container,) = pod["containers"]
+        assert container["name"] == CONTAINER_NAME
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+
+
+def test_cpu_job_has_no_gpu_and_one_process() -> None:
+    job = render_pytorchjob(minimal_job(resources={"gpusPerNode": 0, "cpu": 2, "memory": "4Gi"}))
+    resources = pods(job)["Master"]["containers"][0]["resources"]
+    assert resources == {"limits": {"cpu": "2", "memory": "4Gi"}, "requests": {"cpu": "2", "memory": "4Gi"}}
+    assert job["spec"]["nprocPerNode"] == "1"
+
+
+def test_custom_gpu_resource_name() -> None:
+    job = render_pytorchjob(minimal_job(resources={"gpusPerNode": 1, "gpuResourceName": "nvidia.com/mig-3g.40gb"}))
+    assert pods(job)["Master"]["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-3g.40gb": "1"}
+
+
+def test_shared_memory_is_a_memory_backed_empty_dir() -> None:
+    pod = pods(render_pytorchjob(minimal_job(resources={"sharedMemorySize": "32Gi"})))["Master"]
+    shm = next(volume for volume in pod["volumes"] if volume["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_identity_env_and_metrics_port() -> None:
+    job = minimal_job(metrics={"port": 9100})
+    job["metadata"].update(name="sft-a", namespace="team-a")
+    rendered = render_pytorchjob(job)
+    pod = pods(rendered)["Master"]
+    env = env_of(pod)
+    assert env[ENV_JOB_NAME] == "sft-a"
+    assert env[ENV_JOB_NAMESPACE] == "team-a"
+    assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in pod["containers"][0]["ports"]
+    assert rendered["metadata"]["namespace"] == "team-a"
+
+
+def test_user_env_cannot_shadow_the_contract() -> None:
+    pod = pods(render_pytorchjob(minimal_job(resources={"env": [{"name": "HF_HUB_OFFLINE", "value": "1"}]})))["Master"]
+    names = [var["name"] for var in pod["containers"][0]["env"]]
+    assert names[0] == "HF_HUB_OFFLINE"
+    assert names[-1] == "FINETUNE_RECIPE"
+
+
+def test_suspend_and_queue_are_propagated() -> None:
+    job = render_pytorchjob(minimal_job(suspend=True, queueName="gpu-queue"))
+    assert job["spec"]["runPolicy"]["suspend"] is True
+    assert job["metadata"]["labels"][LABEL_QUEUE] == "gpu-queue"
+    assert LABEL_QUEUE not in job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
+
+
+def test_finished_jobs_free_their_gpus() -> None:
+    assert render_pytorchjob(minimal_job())["spec"]["runPolicy"]["cleanPodPolicy"] in ("Running", "All")
+
+
+def test_render_is_deterministic() -> None:
+    assert render_pytorchjob(minimal_job()) == render_pytorchjob(minimal_job())
+
+
+def test_image_comes_from_spec_or_operator_default() -> None:
+    default = pods(render_pytorchjob(minimal_job(), trainer_image="registry.local/trainer:1"))["Master"]
+    own = pods(render_pytorchjob(minimal_job(resources={"image": "mine:2"}), trainer_image="registry.local/trainer:1"))
+    assert default["containers"][0]["image"] == "registry.local/trainer:1"
+    assert own["Master"]["containers"][0]["image"] == "mine:2"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a" * 253, "b" * 60, "x." * 100 + "y", "7b-model-sft", "granite.7b", "a" * 54, "a" * 55],
+)
+@pytest.mark.parametrize("nodes", [1, 2, 12, 1024])
+def test_child_and_pod_names_are_valid_dns_labels(name: str, nodes: int) -> None:
+    import re
+
+    child = child_name(name, nodes)
+    pod_names = [f"{child}-master-0"] + [f"{child}-worker-{index}" for index in range(max(nodes - 1, 0))]
+    for pod_name in (pod_names[0], pod_names[-1]):
+        assert len(pod_name) <= MAX_DNS_LABEL, pod_name
+        assert re.match(DNS_1035, pod_name), pod_name
+    assert child == child_name(name, nodes)
+
+
+def test_short_valid_names_are_kept() -> None:
+    assert child_name("llama-sft", 4) == "llama-sft"
+
+
+def test_long_names_with_a_common_prefix_get_distinct_children() -> None:
+    assert child_name("a" * 80 + "-one", 2) != child_name("a" * 80 + "-two", 2)
+
+
+def test_label_values_fit_63_characters() -> None:
+    job = render_pytorchjob(minimal_job(name="n" * 200))
+    for value in job["metadata"]["labels"].values():
+        assert len(value) <= MAX_DNS_LABEL
+    assert job["metadata"]["labels"][LABEL_JOB] == label_value("n" * 200)
+    assert env_of(pods(job)["Master"])[ENV_JOB_NAME] == "n" * 200
+
+
+def test_scheduling_fields_and_pvcs() -> None:
+    job = minimal_job(
+        resources={
+            "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "priorityClassName": "high",
+            "serviceAccountName": "trainer",
+            "imagePullSecrets": ["regcred"],
+            "volumes": [
+                {"name": "data", "claimName": "pvc-data", "mountPath": "/data", "readOnly": True, "subPath": "v1"}
+            ],
+        }
+    )
+    pod = pods(render_pytorchjob(job))["Master"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "high"
+    assert pod["serviceAccountName"] == "trainer"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "pvc-data", "readOnly": True}} in pod["volumes"]
+    assert {"name": "data", "mountPath": "/data", "readOnly": True, "subPath": "v1"} in pod["containers"][0][
+        "volumeMounts"
+    ]
+
+
+def test_the_recipe_in_the_pod_is_the_specs_recipe() -> None:
+    manifest = minimal_job(training={"learningRate": 1e-5, "maxSteps": 7})
+    env = env_of(pods(render_pytorchjob(manifest))["Master"])
+    from finetune_trainer.config import parse_recipe
+
+    assert parse_recipe(env["FINETUNE_RECIPE"]) == FineTuneJob.model_validate(manifest).spec.recipe()
