@@ -10,13 +10,25 @@ VENV=${VENV:-.venv}
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "system packages"
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "promtool missing: install the Debian package prometheus (as root: apt-get install prometheus)" >&2
+  fi
+fi
+
 step "Python environment ($VENV)"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --upgrade pip
-"$VENV/bin/pip" install --quiet -c constraints.txt -e ".[dev]"
+"$VENV/bin/pip" install --quiet -c constraints.txt -e ".[dev,trainer]"
 export PATH="$PWD/$VENV/bin:$PATH"
+# Nothing in the tests may reach a model hub: tiny models are built from configs, tokenizers locally.
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 if [ -x tests/cluster/build.sh ] && [ "${FINETUNE_SKIP_CLUSTER_BUILD:-0}" != 1 ]; then
   step "Kubernetes control plane binaries (tests/cluster/build.sh)"
