@@ -47,8 +47,9 @@ def recipe(tokenizer: str = "builtin:byte-level", **training: Any) -> dict[str, 
     }
 
 
-def in_process(spec: dict[str, Any], out: Path, padding_free: bool = True) -> Trainer:
-    trainer = Trainer(Recipe.model_validate(spec), RunOptions(output_dir=out, padding_free=padding_free))
+def in_process(spec: dict[str, Any], out: Path, padding_free: bool = True, checkpointing: bool = False) -> Trainer:
+    options = RunOptions(output_dir=out, padding_free=padding_free, activation_checkpointing=checkpointing)
+    trainer = Trainer(Recipe.model_validate(spec), options)
     trainer.setup()
     return trainer
 
@@ -88,6 +89,18 @@ def test_padding_free_and_padded_give_the_same_loss_and_grad_norm(tmp_path) -> N
     assert record_packed.grad_norm == pytest.approx(record_padded.grad_norm, rel=REL)
 
 
+def test_activation_checkpointing_changes_memory_not_maths(tmp_path) -> None:
+    plain = in_process(recipe(), tmp_path / "plain")
+    recomputed = in_process(recipe(), tmp_path / "recomputed", checkpointing=True)
+    assert recomputed.hf_model.is_activation_checkpointing
+    record_plain, _ = first_step(plain)
+    record_recomputed, _ = first_step(recomputed)
+    plain.close()
+    recomputed.close()
+    assert record_recomputed.loss == pytest.approx(record_plain.loss, rel=REL)
+    assert record_recomputed.grad_norm == pytest.approx(record_plain.grad_norm, rel=REL)
+
+
 def test_effective_batch_is_counted_in_samples_and_micro_steps_follow_lengths(tmp_path) -> None:
     trainer = in_process(recipe(effectiveBatchSize=24, maxTokensPerGpu=600), tmp_path)
     records = [trainer.train_step(*entry) for entry in list(trainer.schedule())[:3]]
@@ -96,6 +109,22 @@ def test_effective_batch_is_counted_in_samples_and_micro_steps_follow_lengths(tm
     assert all(record.micro_steps >= 2 for record in records)
     assert len({record.micro_steps for record in records}) >= 1
     assert all(record.tokens > 0 for record in records)
+
+
+def test_persistent_non_finite_values_are_recorded_and_stop_the_run(tmp_path) -> None:
+    """NaN weights (a real way runs die) make every step non-finite: logged as NaN, no update, then an error."""
+    from finetune_trainer.trainer import NonFiniteError
+
+    trainer = in_process(recipe(maxSteps=10), tmp_path)
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteError, match="non-finite for 4 consecutive steps"):
+        trainer.train()
+    trainer.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [record["loss"] for record in records if record["kind"] == "step"]
+    assert len(losses) == trainer.options.max_nonfinite_steps + 1
+    assert all(loss != loss for loss in losses)  # NaN survives the JSONL round trip
 
 
 # ----------------------------------------------------------------------------------------------- subprocesses

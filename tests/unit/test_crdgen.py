@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from finetune_operator import api, crdgen
+from finetune_operator.api import EarlyStoppingSpec
+from finetune_trainer.config import TrainingSpec
 from finetune_trainer.schema import SpecModel
 from tests.manifests import REPO_ROOT
 
@@ -88,10 +90,22 @@ def test_paper_defaults_are_in_the_schema() -> None:
     assert training["strategy"]["enum"] == ["stacked", "phased"]
 
 
-def test_sub_objects_default_to_empty_so_the_server_fills_their_members() -> None:
+def test_sub_object_defaults_are_the_models_defaults_without_nulls() -> None:
+    """Written out in full: the API server checks a default against the CEL rules before member defaulting."""
     spec = schema()["properties"]["spec"]["properties"]
-    assert spec["training"]["default"] == {}
-    assert spec["earlyStopping"]["default"] == {}
+    training = TrainingSpec().to_wire()
+    assert spec["training"]["default"] == training
+    assert "maxSteps" not in spec["training"]["default"]
+    assert spec["earlyStopping"]["default"] == EarlyStoppingSpec().to_wire()
+
+
+def test_exclusive_bounds_use_the_openapi_v3_boolean_form() -> None:
+    learning_rate = schema()["properties"]["spec"]["properties"]["training"]["properties"]["learningRate"]
+    assert learning_rate["minimum"] == 0
+    assert learning_rate["exclusiveMinimum"] is True
+    for path, node in walk(schema()):
+        for key in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert node.get(key, True) is True, f"{path}.{key}"
 
 
 def _models() -> list[type[SpecModel]]:

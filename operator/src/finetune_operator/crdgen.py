@@ -64,6 +64,7 @@ def structural(schema: Schema, defs: dict[str, Schema]) -> Schema:
     _drop_empty_collection_default(out)
     if "enum" in out and "type" not in out:
         out["type"] = "string"
+    _openapi_v3_bounds(out)
     return _ordered(out)
 
 
@@ -98,9 +99,30 @@ def _collapse_any_of(node: Schema, defs: dict[str, Schema]) -> Schema:
 
 
 def _object_default_to_empty(out: Schema) -> None:
-    """A defaulted sub-object defaults to {} so the API server fills its members from their own defaults."""
+    """A defaulted sub-object's default is written out in full, without nulls (absent means unset).
+
+    Not `{}`: the API server validates a default against the schema's CEL rules without applying the members'
+    own defaults first, so rules reading defaulted members would fail on `{}`.
+    """
     if isinstance(out.get("default"), dict):
-        out["default"] = {}
+        out["default"] = _without_nulls(out["default"])
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
+
+
+def _openapi_v3_bounds(out: Schema) -> None:
+    """JSON Schema 2020's numeric exclusiveMinimum/Maximum → OpenAPI v3.0's boolean form, which Kubernetes wants."""
+    for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        bound = out.get(exclusive)
+        if isinstance(bound, int | float) and not isinstance(bound, bool):
+            out[inclusive] = bound
+            out[exclusive] = True
 
 
 def _drop_empty_collection_default(out: Schema) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from finetune_trainer.config import DType, ModelSpec
+from finetune_trainer import attention
+from finetune_trainer.config import Attention, DType, ModelSpec
 from finetune_trainer.distributed import World
 
 _DTYPES = {DType.bfloat16: torch.bfloat16, DType.float16: torch.float16, DType.float32: torch.float32}
@@ -23,10 +24,17 @@ def training_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
     return _DTYPES[spec.dtype] if device.type == "cuda" else torch.float32
 
 
-def build_model(spec: ModelSpec, tokenizer: Any, seed: int) -> PreTrainedModel:
+def attention_for(spec: ModelSpec, padding_free: bool) -> str:
+    """sdpa with packed rows becomes our per-sample SDPA (exact, no dense block mask); the rest as asked."""
+    if padding_free and spec.attn_implementation == Attention.sdpa:
+        return attention.register()
+    return spec.attn_implementation.value
+
+
+def build_model(spec: ModelSpec, tokenizer: Any, seed: int, padding_free: bool = True) -> PreTrainedModel:
     """The causal LM in fp32. A config-built model gets the tokenizer's vocabulary and special token ids."""
     torch.manual_seed(seed)
-    attn = spec.attn_implementation.value
+    attn = attention_for(spec, padding_free)
     if spec.config is not None:
         config = AutoConfig.for_model(**_config_for_tokenizer(spec.config, tokenizer))
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)  # type: ignore[no-untyped-call]

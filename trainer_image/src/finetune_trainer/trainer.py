@@ -47,6 +47,7 @@ class RunOptions:
     cache_dir: Path | None = None
     padding_free: bool = True
     parallel: str = "auto"
+    activation_checkpointing: bool = False
     max_nonfinite_steps: int = 3
 
     @classmethod
@@ -60,6 +61,7 @@ class RunOptions:
             cache_dir=Path(cache) if cache else None,
             padding_free=source.get("FINETUNE_PADDING_FREE", "1") != "0",
             parallel=source.get("FINETUNE_PARALLEL", "auto"),
+            activation_checkpointing=source.get("FINETUNE_ACTIVATION_CHECKPOINTING", "0") == "1",
         )
 
 
@@ -107,7 +109,9 @@ class Trainer:
         if training.max_steps is not None:
             self.total_steps = min(self.total_steps, training.max_steps)
         self.dtype = training_dtype(self.recipe.model, self.world.device)
-        self.hf_model = build_model(self.recipe.model, self.tokenizer, training.seed)
+        self.hf_model = build_model(self.recipe.model, self.tokenizer, training.seed, self.options.padding_free)
+        if self.options.activation_checkpointing:  # recompute activations in backward: memory for compute
+            self.hf_model.activation_checkpointing_enable()
         self.model = wrap_model(self.hf_model, self.world, self.options.parallel, self.dtype)
         self.optimizer = build_optimizer(self.model.parameters(), training, self.world.device)
         self.logger: MetricLogger = build_logger(
