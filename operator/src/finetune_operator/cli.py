@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from finetune_operator import crdgen
+from finetune_operator import config, crdgen
 from finetune_operator.api import FineTuneJob
 from finetune_operator.render import DEFAULT_TRAINER_IMAGE, render
 from finetune_operator.validation import FieldError, InvalidInputError, parse_documents, validate_manifest
@@ -60,6 +60,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    from finetune_operator.runner import run_operator
+
+    return run_operator(config.from_arguments(args))
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     sys.stdout.write(crdgen.crd_yaml())
     return EXIT_OK
@@ -79,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate_cmd.set_defaults(handler=cmd_validate)
     crd_cmd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
     crd_cmd.set_defaults(handler=cmd_crd)
+    operator_cmd = commands.add_parser("operator", help="run the operator (Kopf) against the current kubeconfig")
+    config.add_arguments(operator_cmd)
+    operator_cmd.set_defaults(handler=cmd_operator)
     return parser
 
 

@@ -1,0 +1,89 @@
+"""The operator's one typed configuration, read once at startup from flags, then environment, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from finetune_operator.render import DEFAULT_TRAINER_IMAGE
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the operator needs to know about its environment; nothing else reads env vars."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means cluster-wide."""
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    """Image for trainer pods when a FineTuneJob sets none."""
+    prometheus_url: str | None = None
+    """Prometheus HTTP API for early stopping; unset means scraping the trainer pods directly."""
+    health_host: str = "0.0.0.0"
+    health_port: int = 8080
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090
+    peering: str | None = None
+    """Kopf peering name for HA (one active instance); None runs standalone."""
+    evaluation_interval_seconds: float = 30.0
+    """Default early-stopping evaluation interval (a FineTuneJob may set its own)."""
+    log_format: str = "json"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    @property
+    def liveness_endpoint(self) -> str:
+        return f"http://{self.health_host}:{self.health_port}/healthz"
+
+
+ENV_PREFIX = "FINETUNE_OPERATOR_"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `finetune operator` flags; each defaults to FINETUNE_OPERATOR_<NAME> from the environment."""
+    parser.add_argument("--namespace", action="append", dest="namespaces", metavar="NS", help="watch NS (repeatable)")
+    parser.add_argument("--all-namespaces", action="store_true", help="watch the whole cluster (the default)")
+    parser.add_argument("--trainer-image", help=f"default trainer image (default {DEFAULT_TRAINER_IMAGE})")
+    parser.add_argument("--prometheus-url", help="Prometheus base URL for early stopping")
+    parser.add_argument("--health-host", help="liveness endpoint address (default 0.0.0.0)")
+    parser.add_argument("--health-port", type=int, help="liveness endpoint port (default 8080): GET /healthz")
+    parser.add_argument("--metrics-host", help="operator metrics address (default 0.0.0.0)")
+    parser.add_argument("--metrics-port", type=int, help="operator metrics port (default 9090): GET /metrics")
+    parser.add_argument("--peering", help="Kopf peering name: run as one of several replicas, one active")
+    parser.add_argument("--evaluation-interval", type=float, help="default early-stopping interval in seconds")
+    parser.add_argument("--log-format", choices=["json", "text"], help="log line format (default json)")
+
+
+def from_arguments(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> OperatorConfig:
+    """Flags win over FINETUNE_OPERATOR_* variables, which win over the defaults."""
+    source = os.environ if env is None else env
+
+    def pick(flag: object, name: str) -> str | None:
+        return str(flag) if flag is not None else source.get(ENV_PREFIX + name)
+
+    namespaces: Sequence[str] = args.namespaces or _split(source.get(ENV_PREFIX + "NAMESPACES", ""))
+    if args.all_namespaces:
+        namespaces = ()
+    defaults = OperatorConfig()
+    return OperatorConfig(
+        namespaces=tuple(namespaces),
+        trainer_image=pick(args.trainer_image, "TRAINER_IMAGE") or defaults.trainer_image,
+        prometheus_url=pick(args.prometheus_url, "PROMETHEUS_URL") or None,
+        health_host=pick(args.health_host, "HEALTH_HOST") or defaults.health_host,
+        health_port=int(pick(args.health_port, "HEALTH_PORT") or defaults.health_port),
+        metrics_host=pick(args.metrics_host, "METRICS_HOST") or defaults.metrics_host,
+        metrics_port=int(pick(args.metrics_port, "METRICS_PORT") or defaults.metrics_port),
+        peering=pick(args.peering, "PEERING") or None,
+        evaluation_interval_seconds=float(
+            pick(args.evaluation_interval, "EVALUATION_INTERVAL") or defaults.evaluation_interval_seconds
+        ),
+        log_format=pick(args.log_format, "LOG_FORMAT") or defaults.log_format,
+    )
+
+
+def _split(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]

@@ -1,0 +1,129 @@
+"""The few Kubernetes API calls the operator makes, as plain dicts in and out (I/O lives only here)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from finetune_operator.api import GROUP, PLURAL, VERSION
+from finetune_operator.render import PYTORCHJOB_KIND
+
+KUBEFLOW_GROUP, KUBEFLOW_VERSION, PYTORCHJOB_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+POD_JOB_LABEL = "training.kubeflow.org/job-name"
+Manifest = dict[str, Any]
+
+
+def api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, the kubeconfig (KUBECONFIG) otherwise."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+def is_status(error: ApiException, code: int) -> bool:
+    return getattr(error, "status", None) == code
+
+
+class Kube:
+    """Typed-enough access to FineTuneJobs, their PyTorchJobs and pods."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+
+    def get_child(self, namespace: str, name: str) -> Manifest | None:
+        try:
+            child = cast(
+                Manifest,
+                self.custom.get_namespaced_custom_object(
+                    KUBEFLOW_GROUP, KUBEFLOW_VERSION, namespace, PYTORCHJOB_PLURAL, name
+                ),
+            )
+        except ApiException as error:
+            if is_status(error, 404):
+                return None
+            raise
+        return child
+
+    def create_child(self, namespace: str, manifest: Manifest) -> Manifest:
+        """Create the PyTorchJob; raises ApiException(409) if one of that name exists."""
+        created = self.custom.create_namespaced_custom_object(
+            KUBEFLOW_GROUP, KUBEFLOW_VERSION, namespace, PYTORCHJOB_PLURAL, manifest
+        )
+        return cast(Manifest, created)
+
+    def patch_child(self, namespace: str, name: str, patch: Manifest) -> None:
+        self.custom.patch_namespaced_custom_object(
+            KUBEFLOW_GROUP, KUBEFLOW_VERSION, namespace, PYTORCHJOB_PLURAL, name, patch
+        )
+
+    def delete_child(self, namespace: str, name: str) -> bool:
+        """Delete the PyTorchJob and, in the background, its pods; False if it was already gone."""
+        try:
+            self.custom.delete_namespaced_custom_object(
+                KUBEFLOW_GROUP,
+                KUBEFLOW_VERSION,
+                namespace,
+                PYTORCHJOB_PLURAL,
+                name,
+                body=client.V1DeleteOptions(propagation_policy="Background"),
+            )
+        except ApiException as error:
+            if is_status(error, 404):
+                return False
+            raise
+        return True
+
+    def get_job(self, namespace: str, name: str) -> Manifest | None:
+        try:
+            job = cast(Manifest, self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        except ApiException as error:
+            if is_status(error, 404):
+                return None
+            raise
+        return job
+
+    def patch_job_status(self, namespace: str, name: str, status: Manifest, resource_version: str | None) -> None:
+        """Merge-patch the status subresource; with a resourceVersion the write fails (409) if the object moved."""
+        body: Manifest = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body)
+
+    def child_pods(self, namespace: str, child_name: str) -> list[Manifest]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{POD_JOB_LABEL}={child_name}")
+        return [self.api.sanitize_for_serialization(pod) for pod in pods.items]  # type: ignore[no-untyped-call]
+
+
+def owner_reference(job: Manifest) -> Manifest:
+    """The controller reference of a FineTuneJob, so garbage collection deletes the child with it."""
+    metadata = job["metadata"]
+    return {
+        "apiVersion": job["apiVersion"],
+        "kind": job["kind"],
+        "name": metadata["name"],
+        "uid": metadata["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def owned_by(child: Manifest, job: Manifest) -> bool:
+    uid = job["metadata"].get("uid")
+    return any(ref.get("uid") == uid for ref in child.get("metadata", {}).get("ownerReferences") or [])
+
+
+def parent_of(child: Manifest) -> tuple[str, str, str] | None:
+    """(namespace, name, uid) of the FineTuneJob that controls a PyTorchJob, if any."""
+    for ref in child.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == "FineTuneJob" and ref.get("apiVersion", "").startswith(GROUP + "/"):
+            return child["metadata"]["namespace"], ref["name"], ref["uid"]
+    return None
+
+
+__all__ = ["PYTORCHJOB_KIND", "ApiException", "Kube", "api_client", "owned_by", "owner_reference", "parent_of"]

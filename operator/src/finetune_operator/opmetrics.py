@@ -1,0 +1,88 @@
+"""The operator's own Prometheus metrics: reconciles, errors and latency by handler, jobs by phase, early stops."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconciles = Counter(
+            "finetune_operator_reconciles", "Reconcile calls by handler.", ["handler"], registry=self.registry
+        )
+        self.errors = Counter(
+            "finetune_operator_reconcile_errors",
+            "Reconcile calls that raised, by handler.",
+            ["handler"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "finetune_operator_reconcile_duration_seconds",
+            "Reconcile latency by handler.",
+            ["handler"],
+            registry=self.registry,
+        )
+        self.jobs = Gauge("finetune_operator_jobs", "FineTuneJobs by phase.", ["phase"], registry=self.registry)
+        self.early_stops = Counter(
+            "finetune_operator_early_stops",
+            "PyTorchJobs deleted by the early-stopping policy.",
+            ["rule"],
+            registry=self.registry,
+        )
+        self.gpu_seconds_saved = Counter(
+            "finetune_operator_gpu_seconds_saved",
+            "GPU-seconds not spent because early stopping ended runs before their planned last step (estimate).",
+            registry=self.registry,
+        )
+        self._phases: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def record_phase(self, namespace: str, name: str, phase: str | None) -> None:
+        """Remember a job's phase (None: the job is gone) and refresh the jobs-by-phase gauge."""
+        with self._lock:
+            if phase is None:
+                self._phases.pop((namespace, name), None)
+            else:
+                self._phases[(namespace, name)] = phase
+            counts: dict[str, int] = {}
+            for value in self._phases.values():
+                counts[value] = counts.get(value, 0) + 1
+            for value in ("Pending", "Running", "Succeeded", "Failed", "EarlyStopped", "Suspended"):
+                self.jobs.labels(phase=value).set(counts.get(value, 0))
+
+    def instrumented(self, handler: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Count, time and count the failures of a reconcile function."""
+
+        def decorate(function: Callable[P, R]) -> Callable[P, R]:
+            @functools.wraps(function)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                self.reconciles.labels(handler=handler).inc()
+                started = time.perf_counter()
+                try:
+                    return function(*args, **kwargs)
+                except Exception:
+                    self.errors.labels(handler=handler).inc()
+                    raise
+                finally:
+                    self.latency.labels(handler=handler).observe(time.perf_counter() - started)
+
+            return wrapper
+
+        return decorate
+
+
+def noop(*_: Any, **__: Any) -> None:
+    return None

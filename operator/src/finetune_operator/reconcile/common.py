@@ -1,0 +1,86 @@
+"""Shared by the reconcile functions: the context they run in and the one way status is written."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import kopf
+
+from finetune_operator.config import OperatorConfig
+from finetune_operator.kube import ApiException, Kube, is_status
+from finetune_operator.opmetrics import OperatorMetrics
+
+logger = logging.getLogger("finetune_operator")
+Manifest = dict[str, Any]
+StatusChange = Callable[[Manifest], Manifest | None]
+WARNING_PHASES = ("Failed", "EarlyStopped")
+_MAX_CONFLICTS = 8
+
+
+@dataclass
+class Context:
+    kube: Kube
+    config: OperatorConfig
+    metrics: OperatorMetrics
+
+
+def status_of(job: Manifest) -> Manifest:
+    return dict(job.get("status") or {})
+
+
+def update_status(ctx: Context, namespace: str, name: str, change: StatusChange) -> Manifest | None:
+    """Read the job, compute a status change from it, write it guarded by resourceVersion; retry on conflict.
+
+    `change` returns the fields to set (None or {} for nothing). A phase transition posts one Event.
+    Returns the job as read before the write (None if it is gone or nothing changed).
+    """
+    for _ in range(_MAX_CONFLICTS):
+        job = ctx.kube.get_job(namespace, name)
+        if job is None:
+            return None
+        changes = change(job) or {}
+        current = status_of(job)
+        if all(current.get(key) == value for key, value in changes.items()):
+            ctx.metrics.record_phase(namespace, name, current.get("phase"))
+            return None
+        try:
+            ctx.kube.patch_job_status(namespace, name, changes, job["metadata"].get("resourceVersion"))
+        except ApiException as error:
+            if is_status(error, 409):
+                continue
+            raise
+        _after_write(ctx, job, current, changes)
+        return job
+    raise kopf.TemporaryError(f"status of {namespace}/{name} kept changing under us", delay=2)
+
+
+def _after_write(ctx: Context, job: Manifest, before: Manifest, changes: Manifest) -> None:
+    metadata = job["metadata"]
+    phase = changes.get("phase", before.get("phase"))
+    ctx.metrics.record_phase(metadata["namespace"], metadata["name"], phase)
+    if "phase" in changes and changes["phase"] != before.get("phase"):
+        kind = "Warning" if changes["phase"] in WARNING_PHASES else "Normal"
+        message = f"phase {before.get('phase') or '-'} -> {changes['phase']}{_detail(changes)}"
+        post_event(job, kind, str(changes["phase"]), message)
+        logger.info("phase %s -> %s", before.get("phase"), changes["phase"], extra=_identity(job))
+
+
+def _detail(changes: Manifest) -> str:
+    """The message of the condition that explains the new phase, if there is one."""
+    wanted = {changes["phase"], "InvalidSpec", "EarlyStopped"}
+    for condition in changes.get("conditions") or []:
+        if condition.get("type") in wanted and condition.get("status") == "True" and condition.get("message"):
+            return f": {condition['message']}"
+    return ""
+
+
+def post_event(job: Manifest, kind: str, reason: str, message: str) -> None:
+    """A Kubernetes Event on the FineTuneJob (through Kopf's posting queue)."""
+    kopf.event(cast(kopf.Body, job), type=kind, reason=reason, message=message[:1024])
+
+
+def _identity(job: Manifest) -> dict[str, str]:
+    return {"namespace": job["metadata"]["namespace"], "job": job["metadata"]["name"]}

@@ -1,0 +1,45 @@
+"""Mirror a PyTorchJob's state into its FineTuneJob's status: phase, conditions, times, failed pods' reasons."""
+
+from __future__ import annotations
+
+from finetune_operator import status
+from finetune_operator.api import Phase
+from finetune_operator.kube import parent_of
+from finetune_operator.reconcile.common import Context, Manifest, status_of, update_status
+
+
+def mirror_child(ctx: Context, child: Manifest) -> None:
+    """Called on every PyTorchJob event; a no-op write when nothing changed."""
+    parent = parent_of(child)
+    if parent is None:
+        return
+    namespace, name, uid = parent
+    details = ""
+    if status.phase_from_child(child) == Phase.Failed:
+        details = status.failure_details(ctx.kube.child_pods(namespace, child["metadata"]["name"]))
+
+    def change(job: Manifest) -> Manifest | None:
+        if job["metadata"].get("uid") != uid:
+            return None  # a new FineTuneJob of the same name; this child belongs to the old one
+        return mirrored_status(status_of(job), child, details)
+
+    update_status(ctx, namespace, name, change)
+
+
+def mirrored_status(current: Manifest, child: Manifest, details: str) -> Manifest:
+    """The status fields the child determines (pure)."""
+    if current.get("phase") == str(Phase.EarlyStopped):
+        return {}  # the operator ended this run; the child's last words do not change that
+    phase = status.phase_from_child(child)
+    conditions = status.with_failure_details(status.mirrored_conditions(child), details)
+    out: Manifest = {
+        "phase": str(phase),
+        "pytorchJobName": child["metadata"]["name"],
+        "conditions": status.merge_conditions(current.get("conditions") or [], conditions),
+    }
+    child_status = child.get("status") or {}
+    if child_status.get("startTime"):
+        out["startTime"] = child_status["startTime"]
+    if phase in (Phase.Succeeded, Phase.Failed):
+        out["completionTime"] = child_status.get("completionTime") or current.get("completionTime") or status.now()
+    return out

@@ -1,0 +1,73 @@
+"""Start the operator: logging, metrics endpoint, Kopf with our handlers. Kopf stops gracefully on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import kopf
+
+from finetune_operator.config import OperatorConfig
+from finetune_operator.kube import Kube, api_client
+from finetune_operator.opmetrics import OperatorMetrics
+from finetune_operator.reconcile.common import Context
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log pipelines (Loki, Cloud Logging) index without parsing rules."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("namespace", "job"):
+            if hasattr(record, key):
+                line[key] = getattr(record, key)
+        k8s = getattr(record, "k8s_ref", None)
+        if isinstance(k8s, dict):
+            line["object"] = {key: k8s.get(key) for key in ("namespace", "name", "kind") if k8s.get(key)}
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def setup_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one "succeeded" line per watch event otherwise
+
+
+def run_operator(config: OperatorConfig) -> int:
+    setup_logging(config.log_format)
+    import finetune_operator.handlers  # noqa: F401 - registers the handlers with Kopf
+
+    metrics = OperatorMetrics()
+    metrics.serve(config.metrics_host, config.metrics_port)
+    memo = kopf.Memo(context=Context(kube=Kube(api_client()), config=config, metrics=metrics))
+    logging.getLogger("finetune_operator").info(
+        "starting: %s, trainer image %s",
+        "cluster-wide" if config.clusterwide else ",".join(config.namespaces),
+        config.trainer_image,
+    )
+    kopf.run(
+        clusterwide=config.clusterwide,
+        namespaces=config.namespaces,
+        standalone=config.peering is None,
+        peering_name=config.peering,
+        liveness_endpoint=config.liveness_endpoint,
+        memo=memo,
+    )
+    return 0

@@ -1,0 +1,43 @@
+"""The operator's configuration: flags over FINETUNE_OPERATOR_* over defaults."""
+
+from __future__ import annotations
+
+import argparse
+
+from finetune_operator.config import OperatorConfig, add_arguments, from_arguments
+from finetune_operator.render import DEFAULT_TRAINER_IMAGE
+
+
+def parse(argv: list[str], env: dict[str, str]) -> OperatorConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return from_arguments(parser.parse_args(argv), env)
+
+
+def test_defaults_are_cluster_wide() -> None:
+    config = parse([], {})
+    assert config.clusterwide
+    assert config.trainer_image == DEFAULT_TRAINER_IMAGE
+    assert config.prometheus_url is None
+    assert config.liveness_endpoint == "http://0.0.0.0:8080/healthz"
+
+
+def test_environment_is_read() -> None:
+    env = {
+        "FINETUNE_OPERATOR_NAMESPACES": "a, b",
+        "FINETUNE_OPERATOR_PROMETHEUS_URL": "http://prom:9090",
+        "FINETUNE_OPERATOR_HEALTH_PORT": "9000",
+    }
+    config = parse([], env)
+    assert config.namespaces == ("a", "b")
+    assert not config.clusterwide
+    assert config.prometheus_url == "http://prom:9090"
+    assert config.health_port == 9000
+
+
+def test_flags_win_over_environment() -> None:
+    env = {"FINETUNE_OPERATOR_NAMESPACES": "a", "FINETUNE_OPERATOR_TRAINER_IMAGE": "env:1"}
+    config = parse(["--namespace", "x", "--namespace", "y", "--trainer-image", "flag:2"], env)
+    assert config.namespaces == ("x", "y")
+    assert config.trainer_image == "flag:2"
+    assert parse(["--all-namespaces"], env).clusterwide
