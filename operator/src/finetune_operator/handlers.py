@@ -6,12 +6,15 @@ PyTorchJob goes by garbage collection (ownerReferences).
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 from typing import Any
 
 import kopf
 
 from finetune_operator.api import GROUP, PLURAL, VERSION
+from finetune_operator.evaluator import Evaluator
 from finetune_operator.reconcile.child import sync_child
 from finetune_operator.reconcile.common import Context
 from finetune_operator.reconcile.mirror import mirror_child
@@ -84,6 +87,22 @@ def _resync_parent(ctx: Context, child: dict[str, Any]) -> None:
     job = ctx.kube.get_job(parent[0], parent[1])
     if job is not None and job["metadata"].get("uid") == parent[2] and not job["metadata"].get("deletionTimestamp"):
         sync_child(ctx, job)
+
+
+@kopf.on.startup()
+def start_early_stopping(memo: kopf.Memo, **_: Any) -> None:
+    """One evaluator thread, run inside Kopf's context so it can post Events through Kopf's queue."""
+    evaluator = Evaluator(context(memo))
+    memo["evaluator"] = evaluator
+    kopf_context = contextvars.copy_context()
+    threading.Thread(target=kopf_context.run, args=(evaluator.run,), name="early-stopping", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop_early_stopping(memo: kopf.Memo, **_: Any) -> None:
+    evaluator: Evaluator | None = memo.get("evaluator")
+    if evaluator is not None:
+        evaluator.stop_flag.set()
 
 
 @kopf.on.probe(id="watched")

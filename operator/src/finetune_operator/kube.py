@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -94,6 +96,42 @@ class Kube:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, body)
+
+    def list_jobs(self, namespaces: tuple[str, ...]) -> list[Manifest]:
+        """FineTuneJobs in the watched namespaces (all when empty)."""
+        if not namespaces:
+            listing = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            return list(cast(Manifest, listing).get("items", []))
+        items: list[Manifest] = []
+        for namespace in namespaces:
+            listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+            items += cast(Manifest, listing).get("items", [])
+        return items
+
+    def create_event(self, job: Manifest, kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event on a FineTuneJob, as `kubectl describe` shows them."""
+        metadata = job["metadata"]
+        stamp = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(name=f"{metadata['name']}.{uuid.uuid4().hex[:16]}"),
+            involved_object=client.V1ObjectReference(
+                api_version=job.get("apiVersion"),
+                kind=job.get("kind"),
+                name=metadata["name"],
+                namespace=metadata["namespace"],
+                uid=metadata.get("uid"),
+                resource_version=metadata.get("resourceVersion"),
+            ),
+            type=kind,
+            reason=reason,
+            message=message[:1024],
+            first_timestamp=stamp,
+            last_timestamp=stamp,
+            count=1,
+            source=client.V1EventSource(component="finetune-operator"),
+            reporting_component="finetune-operator",
+        )
+        self.core.create_namespaced_event(metadata["namespace"], event)
 
     def child_pods(self, namespace: str, child_name: str) -> list[Manifest]:
         pods = self.core.list_namespaced_pod(namespace, label_selector=f"{POD_JOB_LABEL}={child_name}")

@@ -236,7 +236,12 @@ class MultiLogger:
 
 
 def build_logger(
-    rank: int, output_dir: Path, port: int | None, total_steps: int, identity: Identity | None = None
+    rank: int,
+    output_dir: Path,
+    port: int | None,
+    total_steps: int,
+    identity: Identity | None = None,
+    addr: str = "0.0.0.0",
 ) -> MetricLogger:
     """All backends on rank 0 (port None or 0 = no HTTP endpoint); nothing on other ranks."""
     if rank != 0:
@@ -244,5 +249,5 @@ def build_logger(
     who = identity or Identity.from_env()
     loggers: list[MetricLogger] = [ConsoleLogger(), JsonlLogger(output_dir / "metrics.jsonl", who)]
     if port:
-        loggers.append(PrometheusLogger(who, port, total_steps=total_steps))
+        loggers.append(PrometheusLogger(who, port, addr=addr, total_steps=total_steps))
     return MultiLogger(loggers)

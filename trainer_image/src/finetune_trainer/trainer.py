@@ -44,6 +44,7 @@ class RunOptions:
 
     output_dir: Path
     metrics_port: int | None = None
+    metrics_addr: str = "0.0.0.0"
     cache_dir: Path | None = None
     padding_free: bool = True
     parallel: str = "auto"
@@ -58,6 +59,7 @@ class RunOptions:
         return cls(
             output_dir=Path(source.get("FINETUNE_OUTPUT_DIR", recipe.training.checkpoint.output_dir)),
             metrics_port=int(port) if port else None,
+            metrics_addr=source.get("FINETUNE_METRICS_ADDR", "0.0.0.0"),
             cache_dir=Path(cache) if cache else None,
             padding_free=source.get("FINETUNE_PADDING_FREE", "1") != "0",
             parallel=source.get("FINETUNE_PARALLEL", "auto"),
@@ -115,7 +117,11 @@ class Trainer:
         self.model = wrap_model(self.hf_model, self.world, self.options.parallel, self.dtype)
         self.optimizer = build_optimizer(self.model.parameters(), training, self.world.device)
         self.logger: MetricLogger = build_logger(
-            self.world.rank, self.options.output_dir, self.options.metrics_port, self.total_steps
+            self.world.rank,
+            self.options.output_dir,
+            self.options.metrics_port,
+            self.total_steps,
+            addr=self.options.metrics_addr,
         )
         self._resume()
         signal.signal(signal.SIGTERM, self._on_sigterm)

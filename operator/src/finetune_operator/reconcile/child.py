@@ -66,7 +66,7 @@ def create_or_adopt(ctx: Context, job: Manifest, model: FineTuneJob, rendered: M
                 f"PyTorchJob {manifest['metadata']['name']} exists and belongs to someone else"
             ) from error
         return existing
-    post_event(job, "Normal", "Created", f"created PyTorchJob {created['metadata']['name']}")
+    post_event(ctx, job, "Normal", "Created", f"created PyTorchJob {created['metadata']['name']}")
     return created
 
 
@@ -102,7 +102,9 @@ def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) ->
             f"{', '.join(rejected)} cannot change while the training exists; the PyTorchJob keeps the old values. "
             "Revert the change, or delete and recreate the FineTuneJob."
         )
-        post_event(job, "Warning", "SpecChangeRejected", message)
+        known = {(c.get("type"), c.get("status"), c.get("message")) for c in status_of(job).get("conditions") or []}
+        if ("SpecChangeRejected", "True", message) not in known:  # once per distinct rejection, not per sync
+            post_event(ctx, job, "Warning", "SpecChangeRejected", message)
         spec_condition = status.condition("SpecChangeRejected", True, "ImmutableFieldChanged", message, generation)
     else:
         spec_condition = status.condition("SpecChangeRejected", False, "SpecApplied", "", generation)
@@ -142,7 +144,7 @@ def mark_invalid(ctx: Context, job: Manifest, error: InvalidInputError) -> None:
             "conditions": status.merge_conditions(current.get("conditions") or [], [invalid]),
         }
 
-    post_event(job, "Warning", "InvalidSpec", message)
+    post_event(ctx, job, "Warning", "InvalidSpec", message)
     update_status(ctx, job["metadata"]["namespace"], job["metadata"]["name"], change)
 
 

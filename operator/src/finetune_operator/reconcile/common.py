@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -64,7 +64,7 @@ def _after_write(ctx: Context, job: Manifest, before: Manifest, changes: Manifes
     if "phase" in changes and changes["phase"] != before.get("phase"):
         kind = "Warning" if changes["phase"] in WARNING_PHASES else "Normal"
         message = f"phase {before.get('phase') or '-'} -> {changes['phase']}{_detail(changes)}"
-        post_event(job, kind, str(changes["phase"]), message)
+        post_event(ctx, job, kind, str(changes["phase"]), message)
         logger.info("phase %s -> %s", before.get("phase"), changes["phase"], extra=_identity(job))
 
 
@@ -77,9 +77,13 @@ def _detail(changes: Manifest) -> str:
     return ""
 
 
-def post_event(job: Manifest, kind: str, reason: str, message: str) -> None:
-    """A Kubernetes Event on the FineTuneJob (through Kopf's posting queue)."""
-    kopf.event(cast(kopf.Body, job), type=kind, reason=reason, message=message[:1024])
+def post_event(ctx: Context, job: Manifest, kind: str, reason: str, message: str) -> None:
+    """A Kubernetes Event on the FineTuneJob. Written directly (not through Kopf's queue) so the early-stopping
+    thread can post too; a failure to post is logged, never allowed to fail the reconcile."""
+    try:
+        ctx.kube.create_event(job, kind, reason, message)
+    except ApiException as error:
+        logger.warning("could not post event %s on %s: %s", reason, job["metadata"].get("name"), error.reason)
 
 
 def _identity(job: Manifest) -> dict[str, str]:
