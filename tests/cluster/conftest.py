@@ -15,7 +15,11 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client, config
 
+from tests.cluster.bindshim import ShimError
 from tests.cluster.controlplane import CACHE, Cluster, missing_artifacts, start_gpu_cluster
+from tests.cluster.nodeagent import NodeAgentHandle, start_node_agent
+from tests.cluster.operator_process import OperatorProcess, apply_crd
+from tests.cluster.prometheus import PROMETHEUS, PodDiscovery, PrometheusServer
 from tests.cluster.waiting import wait_for
 
 
@@ -69,3 +73,62 @@ def namespace(request: pytest.FixtureRequest, cluster: Cluster, api: client.ApiC
         yield name
     finally:
         core.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def operator_process(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """`finetune operator --all-namespaces` as a real process against the cluster, the FineTuneJob CRD
+    applied first (the operator never installs it). Tests may kill and restart it; at the end it must
+    exit 0 on SIGTERM."""
+    apply_crd(cluster)
+    operator = OperatorProcess(cluster, tmp_path_factory.mktemp("operator")).start()
+    try:
+        yield operator
+    finally:
+        was_alive = operator.alive()
+        code = operator.stop()
+        assert was_alive, f"the operator had died before the end of the module (code {code}):\n{operator.log_tail()}"
+        assert code == 0, f"the operator exited {code} on SIGTERM, not 0:\n{operator.log_tail()}"
+
+
+AGENT_NODE = "agent-node"
+
+
+@pytest.fixture(scope="session")
+def node_agent(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgentHandle]:
+    """TEST INFRASTRUCTURE: one extra node, `agent-node` (1 nvidia.com/gpu), whose pods run as local processes
+    (tests/cluster/nodeagent.py). Pods get there with `nodeagent.scheduling()` (nodeSelector + toleration).
+    At the end no process of any of its pods may be left."""
+    try:
+        agent = start_node_agent(cluster.kubeconfig, tmp_path_factory.mktemp("node-agent"), AGENT_NODE, gpus=1)
+    except ShimError as error:
+        _skip_or_fail(str(error))
+    try:
+        cluster.wait_condition(f"node/{AGENT_NODE}", "Ready", timeout=60)
+        yield agent
+    finally:
+        left = agent.stop()
+        assert not left, f"node agent left pod processes behind (killed now): {left}"
+        gone = cluster.kubectl("get", "node", AGENT_NODE, check=False).returncode != 0
+        assert gone, f"node {AGENT_NODE} still registered after the agent stopped:\n{agent.process.log_tail()}"
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    api: client.ApiClient, node_agent: NodeAgentHandle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PrometheusServer]:
+    """A real Prometheus on 127.0.0.1 scraping the agent node's pods' `metrics` ports every second (targets
+    from a file_sd file that `PodDiscovery` keeps in step with the pods, as kubernetes_sd would)."""
+    if not os.access(PROMETHEUS, os.X_OK):
+        _skip_or_fail(f"{PROMETHEUS} missing: install the Debian package prometheus")
+    workdir = tmp_path_factory.mktemp("prometheus")
+    discovery = PodDiscovery(api, node_agent.node, workdir / "targets.json").start()
+    server = PrometheusServer(workdir, discovery.targets_file)
+    try:
+        server.check_config()
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        discovery.stop()
+        assert not server.alive(), "prometheus still running after stop"

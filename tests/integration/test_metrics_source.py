@@ -35,14 +35,20 @@ def exporter() -> Iterator[PrometheusLogger]:
     logger.close()
 
 
-def start_prometheus(tmp: Path, target_port: int, port: int) -> subprocess.Popen[bytes]:
+def start_prometheus(
+    tmp: Path, target_port: int, port: int, scrape_interval: int = 1, file_sd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Prometheus on 127.0.0.1:port scraping one static target, or the targets in a file_sd JSON file."""
     binary = shutil.which("prometheus")
     assert binary, "prometheus missing: install the Debian package prometheus (scripts/test.sh does)"
     config = tmp / "prometheus.yml"
+    targets = (
+        f"file_sd_configs: [{{files: ['{file_sd}'], refresh_interval: 1s}}]"
+        if file_sd
+        else f"static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]"
+    )
     config.write_text(
-        "global: {scrape_interval: 1s}\n"
-        "scrape_configs:\n"
-        f"  - job_name: trainer\n    static_configs: [{{targets: ['127.0.0.1:{target_port}']}}]\n"
+        f"global: {{scrape_interval: {scrape_interval}s}}\nscrape_configs:\n  - job_name: trainer\n    {targets}\n"
     )
     command = [
         binary,

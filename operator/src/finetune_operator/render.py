@@ -4,8 +4,11 @@ Why the choices below:
 - The recipe travels as JSON in the FINETUNE_RECIPE env var of the `pytorch` container. It is part of the
   PyTorchJob itself, so it is created, versioned and garbage-collected atomically with the job — no ConfigMap
   that can be missing, stale, or left behind.
-- `restartPolicy: ExitCode`: the trainer exits 2 on a bad recipe or bad data (permanent, never retried) and the
-  training-operator retries only exit codes ≥ 128 (signals, OOM kills, preemption), up to the backoff limit.
+- `restartPolicy: Never`: a failed trainer fails the job at once, with its exit code in the FineTuneJob's
+  status; nothing burns GPU-hours retrying an OOM or bad data. Re-creating the job resumes from the newest
+  complete checkpoint. Not `ExitCode`: the training-operator v1.9 recreates pods on exit codes >= 128 (an OOM
+  kill) without ever applying the backoff limit, so such a run loops forever; and not `OnFailure`, whose
+  in-place restarts hide the failed pod's exit code behind a restart count (both found by the cluster tests).
 - `cleanPodPolicy: Running`: when the job ends, pods still running are deleted (their GPUs freed); finished pods
   stay, with their logs.
 - The child's name must leave room for the `-worker-N` suffix the training-operator appends, and pods/services
@@ -130,7 +133,7 @@ def replica_spec(job: FineTuneJob, replicas: int, trainer_image: str) -> Manifes
     """A Master or Worker replica spec; both run the same container."""
     return {
         "replicas": replicas,
-        "restartPolicy": "ExitCode",
+        "restartPolicy": "Never",
         "template": {
             "metadata": {
                 "labels": {key: value for key, value in job_labels(job).items() if key != LABEL_QUEUE},

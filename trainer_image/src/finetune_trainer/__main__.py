@@ -1,7 +1,7 @@
 """Entry point run by torchrun in every PyTorchJob pod (or as one plain process).
 
-Exit codes: 0 done (or checkpointed after SIGTERM), 2 bad recipe or bad data (retrying cannot help; the
-PyTorchJob's ExitCode restart policy does not retry it), 3 persistent NaN/Inf, 1 any other runtime failure.
+Exit codes: 0 done (or checkpointed after SIGTERM), 2 bad recipe or bad data (retrying cannot help), 3 persistent
+NaN/Inf, 1 any other runtime failure.
 """
 
 from __future__ import annotations
