@@ -20,12 +20,7 @@ if ! command -v promtool >/dev/null; then
   fi
 fi
 
-step "Python environment ($VENV)"
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
-fi
-"$VENV/bin/pip" install --quiet --upgrade pip
-"$VENV/bin/pip" install --quiet -c constraints.txt -e ".[dev,trainer]"
+PYTHON="$PYTHON" VENV="$VENV" scripts/setup.sh  # the Python venv, shared with scripts/quickstart.sh
 export PATH="$PWD/$VENV/bin:$PATH"
 # Nothing in the tests may reach a model hub: tiny models are built from configs, tokenizers locally.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1

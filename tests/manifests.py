@@ -8,6 +8,18 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+"""The shared instruction-tuning data (see its README.md); CI checks it out next to the repository."""
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 1024,
+}
+"""A Llama-style config small enough to train for a few steps on 2 CPU cores in seconds."""
 
 
 def minimal_job(name: str = "job", **spec_overrides: Any) -> dict[str, Any]:

@@ -17,9 +17,10 @@ from kubernetes import client, config
 
 from tests.cluster.bindshim import ShimError
 from tests.cluster.controlplane import CACHE, Cluster, missing_artifacts, start_gpu_cluster
-from tests.cluster.nodeagent import NodeAgentHandle, start_node_agent
+from tests.cluster.nodeagent_handle import NodeAgentHandle, start_node_agent
 from tests.cluster.operator_process import OperatorProcess, apply_crd
 from tests.cluster.prometheus import PROMETHEUS, PodDiscovery, PrometheusServer
+from tests.cluster.trainer_jobs import garbage_collection_works
 from tests.cluster.waiting import wait_for
 
 
@@ -89,6 +90,24 @@ def operator_process(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory)
         code = operator.stop()
         assert was_alive, f"the operator had died before the end of the module (code {code}):\n{operator.log_tail()}"
         assert code == 0, f"the operator exited {code} on SIGTERM, not 0:\n{operator.log_tail()}"
+
+
+@pytest.fixture(scope="session")
+def pytorchjob_garbage_collection(cluster: Cluster, api: client.ApiClient) -> None:
+    """Wait until the garbage collector deletes a PyTorchJob's dependents (up to ~1 min into a session).
+
+    The PyTorchJob CRD is applied after kube-controller-manager starts, so the GC learns the kind only at its next
+    discovery resync (30 s), and owner checks that failed before that are retried with exponential backoff: in a
+    fresh cluster a deleted PyTorchJob's pods can outlive it by a minute. Tests that assert "PyTorchJob deleted ->
+    pods gone" use this first. (Applying the CRD before starting the controller-manager would remove the wait.)
+    """
+    name = f"gc-probe-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        wait_for(lambda: garbage_collection_works(api, name), 120, "the GC to collect a PyTorchJob's dependents")
+    finally:
+        core.delete_namespace(name)
 
 
 AGENT_NODE = "agent-node"

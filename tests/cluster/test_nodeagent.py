@@ -14,13 +14,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator.render import render_pytorchjob
-from tests.cluster import nodeagent
+from tests.cluster import nodeagent_objects as agent_objects
 from tests.cluster.components import FAKE_NODE_ANNOTATION, free_port
 from tests.cluster.controlplane import GPU_RESOURCE, Cluster
-from tests.cluster.nodeagent import NodeAgentHandle
+from tests.cluster.nodeagent_handle import NodeAgentHandle, listening
 from tests.cluster.prometheus import PrometheusServer
 from tests.cluster.pytorchjobs import create_pytorchjob, job_pods, wait_condition
-from tests.cluster.trainer_jobs import annotate_namespace, listening, trainer_job
+from tests.cluster.trainer_jobs import annotate_namespace, trainer_job
 from tests.cluster.waiting import stays, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -48,7 +48,7 @@ def plain_pod(name: str, command: list[str], **env: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name},
-        "spec": {**nodeagent.scheduling(), "restartPolicy": "Never", "containers": [container]},
+        "spec": {**agent_objects.scheduling(), "restartPolicy": "Never", "containers": [container]},
     }
 
 
@@ -63,8 +63,8 @@ def pod_gone(core: client.CoreV1Api, namespace: str, name: str) -> bool:
 def test_agent_node_is_ready_tainted_and_not_kwok_managed(cluster: Cluster, node_agent: NodeAgentHandle) -> None:
     node = json.loads(cluster.kubectl("get", "node", node_agent.node, "-o", "json").stdout)
     assert FAKE_NODE_ANNOTATION not in node["metadata"].get("annotations", {})
-    assert node["metadata"]["labels"][nodeagent.NODE_LABEL] == nodeagent.NODE_LABEL_VALUE
-    assert nodeagent.TAINT in node["spec"]["taints"]
+    assert node["metadata"]["labels"][agent_objects.NODE_LABEL] == agent_objects.NODE_LABEL_VALUE
+    assert agent_objects.TAINT in node["spec"]["taints"]
     assert node["status"]["allocatable"][GPU_RESOURCE] == "1"
     lease = json.loads(cluster.kubectl("get", "lease", node_agent.node, "-n", "kube-node-lease", "-o", "json").stdout)
     assert lease["spec"]["holderIdentity"] == node_agent.node
@@ -74,7 +74,7 @@ def test_a_pod_runs_as_a_local_process_with_its_own_ip_and_dies_with_its_pod(
     api: client.ApiClient, namespace: str, node_agent: NodeAgentHandle
 ) -> None:
     core = client.CoreV1Api(api)
-    annotate_namespace(api, namespace, {f"{nodeagent.ENV_ANNOTATION_PREFIX}FAULT": "injected"})
+    annotate_namespace(api, namespace, {f"{agent_objects.ENV_ANNOTATION_PREFIX}FAULT": "injected"})
     manifest = plain_pod("reporter", [sys.executable, "-c", ENV_REPORT, "600"], MASTER_ADDR="reporter", OWN="1")
     core.create_namespaced_pod(namespace, manifest)
 

@@ -37,6 +37,7 @@ from tests.cluster.pytorchjobs import (
     job_pods,
     wait_running,
 )
+from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj
 from tests.cluster.waiting import stays, wait_for
 from tests.manifests import REPO_ROOT, minimal_job
 
@@ -57,21 +58,6 @@ def small_job(name: str, nodes: int = 1, gpus: int = 1, **spec: Any) -> dict[str
     return minimal_job(name, resources=resources, **spec)
 
 
-def create_ftj(api: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    body = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
-    created: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
-    return created
-
-
-def get_ftj(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
-    )
-    return found
-
-
 def patch_spec(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """JSON merge patch of the spec, as `kubectl patch --type merge` does."""
     patched: dict[str, Any] = client.CustomObjectsApi(api).patch_namespaced_custom_object(
@@ -82,10 +68,6 @@ def patch_spec(api: client.ApiClient, namespace: str, name: str, spec: dict[str,
 
 def phase_of(ftj: dict[str, Any]) -> str | None:
     return ftj.get("status", {}).get("phase")
-
-
-def conditions_of(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {cond["type"]: cond for cond in (obj.get("status") or {}).get("conditions") or []}
 
 
 def wait_phase(

@@ -7,27 +7,20 @@ core, after ~8 s of start-up (torchrun, imports, tokenizing).
 
 from __future__ import annotations
 
-import socket
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
-from tests.cluster import nodeagent
-from tests.manifests import REPO_ROOT
+from tests.cluster.nodeagent_objects import scheduling
+from tests.cluster.pytorchjobs import create_pytorchjob, handwritten_pytorchjob
+from tests.manifests import SHARED_DATA, TINY_LLAMA
 
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SMALL_CHATS = SHARED_DATA / "fastchat" / "dummy_conversation.chat.jsonl"
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 1024,
-}
 
 
 def trainer_job(
@@ -53,7 +46,7 @@ def trainer_job(
         "model": {"config": TINY_LLAMA, "tokenizer": "builtin:byte-level", "dtype": "float32"},
         "data": {"datasets": [{"path": str(SMALL_CHATS)}], "maxSeqLen": 512},
         "training": settings,
-        "resources": {"nodes": 1, "gpusPerNode": gpus, **nodeagent.scheduling()},
+        "resources": {"nodes": 1, "gpusPerNode": gpus, **scheduling()},
         "metrics": {"port": metrics_port},
     }
     if early_stopping is not None:
@@ -84,40 +77,26 @@ def annotate_namespace(api: client.ApiClient, namespace: str, annotations: dict[
     client.CoreV1Api(api).patch_namespace(namespace, {"metadata": {"annotations": annotations}})
 
 
-# -- sockets of a pod's processes, from /proc ------------------------------------------------------------------------
-def _socket_inodes(pids: list[int]) -> set[str]:
-    inodes = set()
-    for pid in pids:
+def garbage_collection_works(api: client.ApiClient, namespace: str, timeout: float = 10) -> bool:
+    """Does the controller-manager's garbage collector act on PyTorchJob owners yet? A suspended PyTorchJob (no
+    pods) owns a ConfigMap; the job is deleted in the background; True when the ConfigMap follows in `timeout`."""
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    probe = handwritten_pytorchjob(f"gc-probe-{uuid.uuid4().hex[:6]}", workers=0, gpus=1)
+    probe["spec"]["runPolicy"] = {"suspend": True}
+    job = create_pytorchjob(api, namespace, probe)
+    owner = {"apiVersion": job["apiVersion"], "kind": job["kind"], "name": job["metadata"]["name"]}
+    owner["uid"] = job["metadata"]["uid"]
+    name = job["metadata"]["name"]
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": name, "ownerReferences": [owner]}})
+    background = client.V1DeleteOptions(propagation_policy="Background")
+    custom.delete_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs", name, body=background)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            fds = list(Path(f"/proc/{pid}/fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = fd.readlink().name
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-    return inodes
-
-
-def _decode(address: str) -> tuple[str, int]:
-    host, port = address.split(":")
-    raw = bytes.fromhex(host)
-    if len(raw) == 4:
-        return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-    return socket.inet_ntop(socket.AF_INET6, words), int(port, 16)
-
-
-def listening(pids: list[int]) -> set[tuple[str, int]]:
-    """(address, port) of every TCP socket in LISTEN state held by `pids` (IPv4 and IPv6)."""
-    inodes = _socket_inodes(pids)
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:
-                found.add(_decode(fields[1]))
-    return found
+            core.read_namespaced_config_map(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        time.sleep(0.5)
+    return False

@@ -17,10 +17,7 @@ import pytest
 from transformers import PreTrainedTokenizerBase
 
 from finetune_trainer.tokenizer import builtin_byte_level_tokenizer, load_tokenizer, train_bpe_tokenizer
-from tests.manifests import REPO_ROOT
-
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-"""The shared instruction-tuning data (see its README.md); CI checks it out next to the repository."""
+from tests.manifests import SHARED_DATA
 
 FASTCHAT_SHAREGPT = SHARED_DATA / "fastchat" / "dummy_conversation.json"
 FASTCHAT_CHAT = SHARED_DATA / "fastchat" / "dummy_conversation.chat.jsonl"

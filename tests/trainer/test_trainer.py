@@ -22,18 +22,10 @@ import torch
 from finetune_trainer.config import Recipe
 from finetune_trainer.modeling import build_model
 from finetune_trainer.trainer import RunOptions, Trainer
+from tests.manifests import TINY_LLAMA
 from tests.trainer.conftest import FASTCHAT_CHAT, SELF_INSTRUCT_CHAT
 from tests.trainer.test_metrics import free_port, samples_by_name
 
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 1024,
-}
 REL = 1e-5  # fp32 on CPU: different summation orders agree to ~1e-7; this leaves margin, nothing more
 
 

@@ -133,3 +133,11 @@ def test_printer_columns_show_phase_progress_loss_grad_norm_age() -> None:
 
 def test_no_anchors_in_the_yaml() -> None:
     assert "&id" not in crdgen.crd_yaml()
+
+
+def test_null_is_kept_where_it_means_off() -> None:
+    """divergenceFactor defaults to 3.0 and null disables it: without nullable the API server would prune the null
+    and default it back to 3.0."""
+    early = schema()["properties"]["spec"]["properties"]["earlyStopping"]["properties"]
+    assert early["divergenceFactor"]["nullable"] is True
+    assert "nullable" not in early["maxGradNorm"]  # unset already means off; no default to fight

@@ -1,4 +1,5 @@
-"""The `finetune` command: render what the operator would create, print the CRD, validate manifests.
+"""The `finetune` command: render what the operator would create, print the CRD, validate manifests, run the
+operator, or run one FineTuneJob on this machine (`finetune local`).
 
 Input errors exit with code 2 and one line per problem (file, field path, rule, value) — never a traceback.
 """
@@ -66,6 +67,36 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return run_operator(config.from_arguments(args))
 
 
+def cmd_local(args: argparse.Namespace) -> int:
+    jobs = load_jobs(args.file)
+    source = "<stdin>" if args.file == "-" else args.file
+    if len(jobs) != 1:
+        rule = f"finetune local runs exactly one FineTuneJob; the file holds {len(jobs)}"
+        raise InvalidInputError([FieldError("", rule, source=source)])
+    from finetune_operator.local import run_local  # torch/matplotlib stay out of `render` and `validate`
+
+    return run_local(jobs[0], source=source, output=args.output, port=args.port)
+
+
+LOCAL_EPILOG = """\
+what it does: validates FILE like the operator, trains with the same trainer (1 process, or torchrun with one
+process per GPU when spec.resources.gpusPerNode > 1 and CUDA has them), serves /metrics on 127.0.0.1, judges
+every step with the job's earlyStopping policy and stops the trainer (SIGTERM: it checkpoints) on a stop
+verdict. Ctrl-C also stops it with a checkpoint (twice: kill); re-running the same command resumes.
+writes into the output dir: metrics.jsonl, trainer.log, recipe.json, checkpoint-N/ or final/, training.png.
+exit codes: 0 Succeeded or EarlyStopped (both: the product worked), 1 Failed (the trainer's exit code is in
+the summary), 2 invalid input, 130 Interrupted.
+"""
+
+
+def port_number(text: str) -> int:
+    """--port: any TCP port, and 0 for no endpoint (spec.metrics.port, a container port, must be >= 1024)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
+    return value
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     sys.stdout.write(crdgen.crd_yaml())
     return EXIT_OK
@@ -88,6 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
     operator_cmd = commands.add_parser("operator", help="run the operator (Kopf) against the current kubeconfig")
     config.add_arguments(operator_cmd)
     operator_cmd.set_defaults(handler=cmd_operator)
+    local_cmd = commands.add_parser(
+        "local",
+        help="run one FineTuneJob on this machine (no cluster), with early stopping, a summary and a plot",
+        description="Run one FineTuneJob on this machine: no cluster, the same trainer and early-stopping policy.",
+        epilog=LOCAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    local_cmd.add_argument("file", metavar="FILE", help="FineTuneJob YAML with one document ('-' for stdin)")
+    local_cmd.add_argument(
+        "--output", type=Path, default=None, metavar="DIR", help="output directory (default: runs/<name>)"
+    )
+    local_cmd.add_argument(
+        "--port",
+        type=port_number,
+        default=None,
+        metavar="N",
+        help="metrics port on 127.0.0.1 (default: spec.metrics.port; 0: no endpoint)",
+    )
+    local_cmd.set_defaults(handler=cmd_local)
     return parser
 
 

@@ -83,7 +83,8 @@ def _inline_ref(schema: Schema, defs: dict[str, Schema]) -> Schema:
 
 
 def _collapse_any_of(node: Schema, defs: dict[str, Schema]) -> Schema:
-    """Optional[X] → X (absence means unset); int | str → x-kubernetes-int-or-string."""
+    """Optional[X] → X (absence means unset), nullable when it has a non-null default; int | str →
+    x-kubernetes-int-or-string."""
     if "anyOf" not in node:
         return node
     branches = [_inline_ref(branch, defs) for branch in node["anyOf"]]
@@ -91,6 +92,8 @@ def _collapse_any_of(node: Schema, defs: dict[str, Schema]) -> Schema:
     concrete = [branch for branch in branches if branch.get("type") != "null"]
     if rest.get("default", 0) is None:
         del rest["default"]
+    elif len(concrete) < len(branches) and "default" in rest:
+        rest["nullable"] = True  # null is a value here (e.g. divergenceFactor: null disables); keep it
     if len(concrete) == 1:
         return {**concrete[0], **rest}
     if sorted(str(branch.get("type")) for branch in concrete) == ["integer", "string"]:

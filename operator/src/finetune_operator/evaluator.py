@@ -27,7 +27,7 @@ from finetune_operator.render import child_name
 
 logger = logging.getLogger("finetune_operator.evaluator")
 MASTER_LABEL = "training.kubeflow.org/replica-type"
-MAX_BACKOFF_SECONDS = 300.0
+MAX_BACKOFF_SECONDS = 60.0
 STALE_AFTER_SECONDS = 600.0
 
 

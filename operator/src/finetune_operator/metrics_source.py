@@ -85,7 +85,8 @@ class PrometheusSource:
     def fetch(self, namespace: str, name: str) -> JobMetrics:
         labels = selector(namespace, name)
         samples = {key: self._raw(f"{series}{labels}[{self.lookback}]") for key, series in SERIES.items()}
-        rate = self._raw(f"rate({TOKENS}{labels}[2m])", instant=True)
+        # irate: the last two samples. rate() over a window divides by the whole window early in a run.
+        rate = self._raw(f"irate({TOKENS}{labels}[2m])", instant=True)
         last = {key: values[-1][1] for key, values in samples.items() if values}
         total = last.get("total_steps")
         return JobMetrics(

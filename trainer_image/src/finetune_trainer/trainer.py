@@ -50,6 +50,9 @@ class RunOptions:
     parallel: str = "auto"
     activation_checkpointing: bool = False
     max_nonfinite_steps: int = 3
+    fault_nan_at_step: int | None = None
+    """TEST-ONLY fault injection (FINETUNE_FAULT_NAN_AT_STEP): NaN weights from this step on, because NaN cannot be
+    produced for real on CPU (fp32, LR capped at 1.0, non-finite updates skipped); the early-stopping e2e needs it."""
 
     @classmethod
     def from_env(cls, recipe: Recipe, env: dict[str, str] | None = None) -> RunOptions:
@@ -64,6 +67,10 @@ class RunOptions:
             padding_free=source.get("FINETUNE_PADDING_FREE", "1") != "0",
             parallel=source.get("FINETUNE_PARALLEL", "auto"),
             activation_checkpointing=source.get("FINETUNE_ACTIVATION_CHECKPOINTING", "0") == "1",
+            max_nonfinite_steps=int(source.get("FINETUNE_MAX_NONFINITE_STEPS", "3")),
+            fault_nan_at_step=int(source["FINETUNE_FAULT_NAN_AT_STEP"])
+            if "FINETUNE_FAULT_NAN_AT_STEP" in source
+            else None,
         )
 
 
@@ -220,6 +227,8 @@ class Trainer:
                 self.save_checkpoint()
                 self.logger.log_event("phase_done", phase=previous_phase, step=self.step)
             previous_phase = phase.name
+            if self.options.fault_nan_at_step is not None and step + 1 == self.options.fault_nan_at_step:
+                self._inject_nan_fault()
             record = self.train_step(step, phase, epoch, indices)
             nonfinite_streak = (
                 0 if math.isfinite(record.loss) and math.isfinite(record.grad_norm) else nonfinite_streak + 1
@@ -286,6 +295,12 @@ class Trainer:
         )
         self.logger.log_step(record)
         return record
+
+    def _inject_nan_fault(self) -> None:
+        """TEST-ONLY (see RunOptions.fault_nan_at_step): poison one weight so loss and grad norm are NaN from now on."""
+        with torch.no_grad():
+            next(self.model.parameters()).fill_(float("nan"))
+        self.logger.log_event("fault_injected", step=self.step + 1, fault="nan-weights")
 
     @property
     def max_tokens(self) -> int:
