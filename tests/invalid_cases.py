@@ -182,5 +182,11 @@ CASES = [
         "'Exists' or 'Equal'",
     ),
     Case("queue-name-uppercase", _with("queueName", "GPU"), "spec.queueName", "match pattern"),
+    Case(
+        "prometheus-url-not-http",
+        _with("metrics.prometheusUrl", "prom:9090"),
+        "spec.metrics.prometheusUrl",
+        "match pattern",
+    ),
     Case("suspend-string", _with("suspend", "yes please"), "spec.suspend", "valid boolean"),
 ]

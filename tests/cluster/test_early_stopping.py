@@ -21,7 +21,6 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-import finetune_trainer
 from finetune_operator.render import child_name
 from tests.cluster.components import free_port
 from tests.cluster.controlplane import Cluster
@@ -177,8 +176,11 @@ def start_run(
     name: str,
     training: dict[str, Any],
     policy: dict[str, Any],
+    prometheus_url: str | None = None,
 ) -> Run:
     manifest = trainer_job(name, tmp_path / "out", free_port(), training=training, early_stopping=policy)
+    if prometheus_url is not None:
+        manifest["spec"]["metrics"]["prometheusUrl"] = prometheus_url
     create_ftj(api, namespace, manifest)
     return Run(api, namespace, name, operator, agent)
 
@@ -255,14 +257,6 @@ def test_sane_run_is_left_alone_and_succeeds(
     assert condition(get_pytorchjob(api, namespace, run.child), "Succeeded") == "True"
 
 
-def _trainer_has_nan_hooks() -> bool:
-    source = "".join(path.read_text() for path in Path(finetune_trainer.__file__).parent.glob("*.py"))
-    return all(name in source for name in NAN_ENV)
-
-
-@pytest.mark.skipif(
-    not _trainer_has_nan_hooks(), reason=f"needs the trainer's test hooks {sorted(NAN_ENV)} (no real NaN on CPU fp32)"
-)
 def test_nan_is_stopped_at_once(
     api: client.ApiClient, namespace: str, es_operator: Operator, node_agent: NodeAgentHandle, tmp_path: Path
 ) -> None:
@@ -322,3 +316,16 @@ def test_direct_scrape_stops_the_bad_run_without_prometheus(
     evidence = assert_stopped(run, "GradNormAboveMax", "maxGradNorm", ["gradNorm"])
     assert float(evidence["value"]) > BAD_POLICY["maxGradNorm"]
     assert early_stops(direct_operator, "maxGradNorm") == 1
+
+
+def test_a_jobs_prometheus_url_overrides_the_operators_source(
+    api: client.ApiClient, namespace: str, direct_operator: Operator, node_agent: NodeAgentHandle, tmp_path: Path
+) -> None:
+    """The direct-scrape operator reads this job from ITS Prometheus: a dead one says PrometheusUnavailable (not
+    ScrapeFailed) and, being missing data, never stops the bad run."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    run = start_run(api, namespace, direct_operator, node_agent, tmp_path, "override", BAD_TRAINING, BAD_POLICY, dead)
+    condition = run.wait(lambda: _condition_is(run, "MetricsUnavailable", "True"), 90, "MetricsUnavailable")
+    assert condition["reason"] == "PrometheusUnavailable"
+    assert dead in condition["message"]
+    assert (get_ftj(api, namespace, "override").get("status") or {}).get("phase") != "EarlyStopped"

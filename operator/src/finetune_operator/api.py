@@ -184,6 +184,8 @@ class MetricsSpec(SpecModel):
 
     port: int = Field(default=8000, ge=1024, le=65535)
     """Container port of /metrics."""
+    prometheus_url: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https?://\S+$")] | None = None
+    """Prometheus that scrapes this job, overriding the operator's --prometheus-url (e.g. a team's own)."""
 
 
 class FineTuneJobSpec(Recipe):

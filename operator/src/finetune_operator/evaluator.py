@@ -90,8 +90,9 @@ class Evaluator:
 
     def _read(self, job: Manifest, model: FineTuneJob) -> JobMetrics:
         namespace, name = model.metadata.namespace, model.metadata.name
-        if self.ctx.config.prometheus_url:
-            return PrometheusSource(self.ctx.config.prometheus_url).fetch(namespace, name)
+        prometheus = model.spec.metrics.prometheus_url or self.ctx.config.prometheus_url
+        if prometheus:
+            return PrometheusSource(prometheus).fetch(namespace, name)
         url = self._master_url(job, model)
         return self.scrape.fetch(namespace, name, url, now=self.clock())
 
@@ -109,7 +110,8 @@ class Evaluator:
         self._failures[key] = failures
         delay = min(MAX_BACKOFF_SECONDS, spec.evaluation_interval_seconds * 2 ** (failures - 1))
         self._due[key] = now + delay
-        reason = "PrometheusUnavailable" if self.ctx.config.prometheus_url else "ScrapeFailed"
+        uses_prometheus = bool(job["spec"].get("metrics", {}).get("prometheusUrl") or self.ctx.config.prometheus_url)
+        reason = "PrometheusUnavailable" if uses_prometheus else "ScrapeFailed"
         message = f"{why}; early stopping cannot judge this run (retry in {delay:.0f}s); it is not stopped for this"
         verdict = Verdict.model_validate(
             {"decision": "unknown", "reason": "MetricsUnavailable", "message": message, "evaluatedAt": status.now()}
