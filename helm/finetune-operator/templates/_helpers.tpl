@@ -1,0 +1,137 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "finetune-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name (63 characters: DNS-1123 label limit).
+If the release name contains the chart name it is used as the full name.
+*/}}
+{{- define "finetune-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, as used by the chart label.
+*/}}
+{{- define "finetune-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels: stable for the life of a release (Deployment selectors are immutable), so never the chart
+version.
+*/}}
+{{- define "finetune-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "finetune-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Common labels: selector labels plus the ones that change between upgrades.
+*/}}
+{{- define "finetune-operator.labels" -}}
+helm.sh/chart: {{ include "finetune-operator.chart" . }}
+{{ include "finetune-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: finetune-operator
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels for prometheus-operator objects: common labels plus the release-label knob
+(e.g. release: kube-prometheus-stack) that the Prometheus' serviceMonitorSelector/podMonitorSelector match.
+*/}}
+{{- define "finetune-operator.monitoringLabels" -}}
+{{ include "finetune-operator.labels" . }}
+{{- with .Values.monitoring.additionalLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The ServiceAccount's name.
+*/}}
+{{- define "finetune-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "finetune-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator image; the tag defaults to the chart's appVersion.
+*/}}
+{{- define "finetune-operator.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+The trainer image used for FineTuneJobs that set none; the tag defaults to the chart's appVersion.
+*/}}
+{{- define "finetune-operator.trainerImage" -}}
+{{- printf "%s:%s" .Values.trainer.image.repository (.Values.trainer.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+Namespaced mode: the operator watches only .Values.watchNamespaces.
+*/}}
+{{- define "finetune-operator.namespaced" -}}
+{{- if .Values.watchNamespaces }}true{{ end }}
+{{- end }}
+
+{{/*
+RBAC rules for the namespaced resources the operator reads and writes. Every verb is one the operator
+(operator/src/finetune_operator/kube.py, evaluator.py, handlers.py) or Kopf actually calls.
+*/}}
+{{- define "finetune-operator.namespacedRules" -}}
+# FineTuneJobs: Kopf lists/watches them and patches its progress/diff-base annotations; the reconcilers get them.
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunejobs"]
+  verbs: ["get", "list", "watch", "patch"]
+# Status is a subresource: the reconcilers, the evaluator and Kopf only PATCH it (a resourceVersion in the
+# patch body is the precondition); never read or PUT through the subresource.
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunejobs/status"]
+  verbs: ["patch"]
+# The child PyTorchJob: watched (Kopf on.event), read, created, patched (suspend, queue label), deleted (early stop).
+- apiGroups: ["kubeflow.org"]
+  resources: ["pytorchjobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The child's pods, listed by label: exit codes for the Failed condition, the Master pod's IP for the
+# direct-scrape fallback. Never watched, never read one by one.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+# Phase-transition Events (the operator) and handler Events (Kopf): both only POST new Events.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if and .Values.peering (include "finetune-operator.namespaced" .) }}
+# Kopf peering (namespaced operators use KopfPeering objects in each watched namespace).
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end }}
