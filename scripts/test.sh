@@ -22,6 +22,14 @@ fi
 
 PYTHON="$PYTHON" VENV="$VENV" scripts/setup.sh  # the Python venv, shared with scripts/quickstart.sh
 export PATH="$PWD/$VENV/bin:$PATH"
+
+step "checkov (own venv: it pins packaging<24, which conflicts with constraints.txt)"
+CHECKOV_VENV="$HOME/.cache/finetune-operator/checkov-venv"
+if [ ! -x "$CHECKOV_VENV/bin/checkov" ]; then
+  "$PYTHON" -m venv "$CHECKOV_VENV"
+  "$CHECKOV_VENV/bin/pip" install --quiet checkov==3.3.30
+fi
+export CHECKOV="$CHECKOV_VENV/bin/checkov"
 # Nothing in the tests may reach a model hub: tiny models are built from configs, tokenizers locally.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 

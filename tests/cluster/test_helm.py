@@ -166,7 +166,7 @@ def test_rendered_deployment_and_monitors(helm: str) -> None:
     assert docs["PodMonitor"]["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "finetune-trainer"}
     for kind in ("PodMonitor", "ServiceMonitor"):
         assert docs[kind]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    assert "ConfigMap" not in docs  # dashboards are someone else's (grafanaDashboards is reserved, off)
+    assert "ConfigMap" not in docs  # dashboard ConfigMaps only with grafanaDashboards.enabled (off by default)
 
 
 # -- 3./4. install, run with the chart's identity, least privilege ------------------------------------------
