@@ -117,7 +117,10 @@ def test_job_dashboard_grad_norm_is_log_scale() -> None:
     job = load(CHART / "dashboards" / "finetune-job.json")
     (panel,) = [panel for panel in job["panels"] if "Gradient" in panel["title"]]
     assert panel["fieldConfig"]["defaults"]["custom"]["scaleDistribution"]["type"] == "log"
-    assert "kubectl get ftj" in panel["description"]  # thresholds are not metrics: say where they are
+    assert "kubectl get ftj" in panel["description"]  # the verdict and every threshold are in the FineTuneJob
+    thresholds = [target["expr"] for target in panel["targets"] if "finetune_operator_job_threshold" in target["expr"]]
+    assert len(thresholds) == 1
+    assert 'rule="maxGradNorm"' in thresholds[0]
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -181,6 +184,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, float,
     operator_port = free_port()
     operator.serve("127.0.0.1", operator_port)
     operator.record_phase(NAMESPACE, JOB, "Running")
+    operator.record_thresholds(NAMESPACE, JOB, {"maxGradNorm": 5.0, "minLoss": 0.1})
     operator.record_phase(NAMESPACE, "other-job", "Pending")
     operator.early_stops.labels(rule="GradNormAboveMax")
     trainer_port = free_port()
@@ -212,6 +216,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, float,
         assert len(steps[0]["values"]) >= 3, "the run must span several scrapes for rate()"
         operator.record_phase(NAMESPACE, JOB, "EarlyStopped")
         operator.early_stops.labels(rule="GradNormAboveMax").inc()
+        operator.record_early_stop(NAMESPACE, JOB, "maxGradNorm")
         operator.gpu_seconds_saved.inc(2 * 3600.0)
         wait_for_data(url, "increase(finetune_operator_early_stops_total[10s]) > 0", start)
         yield url, start, time.time()
@@ -246,11 +251,21 @@ def test_every_query_returns_data_from_a_real_run(live: tuple[str, float, float]
     assert any(values for series in result for values in series["values"]), where
 
 
-def test_early_stop_annotation_marks_the_stop(live: tuple[str, float, float]) -> None:
+def test_early_stop_annotations_mark_the_stop(live: tuple[str, float, float]) -> None:
+    """The fleet-wide one (every stop, by rule) and the job's own (only this job's stop)."""
     url, start, end = live
-    (annotation,) = load(CHART / "dashboards" / "finetune-job.json")["annotations"]["list"]
-    (series,) = query_range(url, substitute(annotation["expr"]), start, end)
+    fleet, own = load(CHART / "dashboards" / "finetune-job.json")["annotations"]["list"]
+    (series,) = query_range(url, substitute(fleet["expr"]), start, end)
     assert series["metric"] == {"rule": "GradNormAboveMax"}
+    (series,) = query_range(url, substitute(own["expr"]), start, end)
+    assert series["metric"] == {"rule": "maxGradNorm"}
+
+
+def test_job_threshold_line_is_the_exported_threshold(live: tuple[str, float, float]) -> None:
+    url, start, end = live
+    query = f'finetune_operator_job_threshold{{namespace="{NAMESPACE}", finetunejob="{JOB}", rule="maxGradNorm"}}'
+    (series,) = query_range(url, query, start, end)
+    assert float(series["values"][-1][1]) == 5.0
 
 
 def test_fleet_gpu_hours_saved(live: tuple[str, float, float]) -> None:

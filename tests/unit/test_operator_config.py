@@ -41,3 +41,23 @@ def test_flags_win_over_environment() -> None:
     assert config.namespaces == ("x", "y")
     assert config.trainer_image == "flag:2"
     assert parse(["--all-namespaces"], env).clusterwide
+
+
+def test_per_job_series_are_dropped_with_the_job() -> None:
+    """Thresholds and stop marks are per job: they must not outlive it (unbounded label growth otherwise)."""
+    from prometheus_client import generate_latest
+
+    from finetune_operator.opmetrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    metrics.record_thresholds("ns", "a", {"maxGradNorm": 5.0, "minLoss": None})
+    metrics.record_early_stop("ns", "a", "maxGradNorm")
+    text = generate_latest(metrics.registry).decode()
+    assert 'finetune_operator_job_threshold{finetunejob="a",namespace="ns",rule="maxGradNorm"} 5.0' in text
+    assert 'rule="minLoss"' not in text
+    assert 'finetune_operator_job_early_stopped{finetunejob="a",namespace="ns",rule="maxGradNorm"} 1.0' in text
+    assert 'finetune_operator_early_stops_total{rule="maxGradNorm"} 1.0' in text
+    metrics.record_phase("ns", "a", None)
+    text = generate_latest(metrics.registry).decode()
+    assert 'finetunejob="a"' not in text
+    assert 'finetune_operator_early_stops_total{rule="maxGradNorm"} 1.0' in text

@@ -73,6 +73,9 @@ class Evaluator:
         key = (model.metadata.namespace, model.metadata.name)
         if not spec.enabled:
             return None
+        self.ctx.metrics.record_thresholds(
+            key[0], key[1], {"maxGradNorm": spec.max_grad_norm, "minLoss": spec.min_loss}
+        )
         try:
             metrics = self._read(job, model)
         except MetricsUnavailableError as error:
@@ -168,7 +171,7 @@ class Evaluator:
         if written is None:
             return
         rule = verdict.evidence.rule if verdict.evidence and verdict.evidence.rule else verdict.reason
-        self.ctx.metrics.early_stops.labels(rule=rule).inc()
+        self.ctx.metrics.record_early_stop(model.metadata.namespace, model.metadata.name, rule)
         self.ctx.metrics.gpu_seconds_saved.inc(_gpu_seconds_saved(job, model, metrics, self.clock()))
         logger.warning("early-stopped %s/%s: %s", model.metadata.namespace, model.metadata.name, verdict.message)
         self._finish_stop(job)

@@ -44,6 +44,19 @@ class OperatorMetrics:
             "GPU-seconds not spent because early stopping ended runs before their planned last step (estimate).",
             registry=self.registry,
         )
+        self.thresholds = Gauge(
+            "finetune_operator_job_threshold",
+            "Early-stopping thresholds in force for a running job (rule maxGradNorm or minLoss); absent when unset.",
+            ["namespace", "finetunejob", "rule"],
+            registry=self.registry,
+        )
+        self.stopped = Gauge(
+            "finetune_operator_job_early_stopped",
+            "1 for a job the early-stopping policy stopped, labelled with the rule that fired.",
+            ["namespace", "finetunejob", "rule"],
+            registry=self.registry,
+        )
+        self._job_series: dict[tuple[str, str], set[tuple[Gauge, str]]] = {}
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
@@ -55,6 +68,7 @@ class OperatorMetrics:
         with self._lock:
             if phase is None:
                 self._phases.pop((namespace, name), None)
+                self._forget(namespace, name)
             else:
                 self._phases[(namespace, name)] = phase
             counts: dict[str, int] = {}
@@ -62,6 +76,38 @@ class OperatorMetrics:
                 counts[value] = counts.get(value, 0) + 1
             for value in ("Pending", "Running", "Succeeded", "Failed", "EarlyStopped", "Suspended"):
                 self.jobs.labels(phase=value).set(counts.get(value, 0))
+
+    def record_thresholds(self, namespace: str, name: str, thresholds: dict[str, float | None]) -> None:
+        """Export the thresholds a job is judged by, so dashboards can draw them next to its series."""
+        with self._lock:
+            for rule, value in thresholds.items():
+                if value is None:
+                    self._remove(self.thresholds, namespace, name, rule)
+                else:
+                    self.thresholds.labels(namespace=namespace, finetunejob=name, rule=rule).set(value)
+                    self._job_series.setdefault((namespace, name), set()).add((self.thresholds, rule))
+
+    def record_early_stop(self, namespace: str, name: str, rule: str) -> None:
+        """Count the stop (by rule) and mark the job, for per-job annotations."""
+        with self._lock:
+            self.early_stops.labels(rule=rule).inc()
+            self.stopped.labels(namespace=namespace, finetunejob=name, rule=rule).set(1)
+            self._job_series.setdefault((namespace, name), set()).add((self.stopped, rule))
+
+    def _remove(self, gauge: Gauge, namespace: str, name: str, rule: str) -> None:
+        try:
+            gauge.remove(namespace, name, rule)
+        except KeyError:
+            return
+        self._job_series.get((namespace, name), set()).discard((gauge, rule))
+
+    def _forget(self, namespace: str, name: str) -> None:
+        """A deleted job's per-job series go with it (no unbounded label growth)."""
+        for gauge, rule in self._job_series.pop((namespace, name), set()):
+            try:
+                gauge.remove(namespace, name, rule)
+            except KeyError:
+                continue
 
     def instrumented(self, handler: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Count, time and count the failures of a reconcile function."""
