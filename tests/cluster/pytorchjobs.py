@@ -39,19 +39,30 @@ def handwritten_pytorchjob(name: str, workers: int = 1, gpus: int = 8, restart_p
     }
 
 
-def create_pytorchjob(api: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+def create_custom(
+    api: client.ApiClient, kind: tuple[str, str, str], namespace: str, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Create a namespaced custom object of `kind` = (group, version, plural) in `namespace`."""
     body = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
     created: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
+        *kind[:2], namespace, kind[2], body
     )
     return created
 
 
-def get_pytorchjob(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    job: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
+def get_custom(api: client.ApiClient, kind: tuple[str, str, str], namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        *kind[:2], namespace, kind[2], name
     )
-    return job
+    return found
+
+
+def create_pytorchjob(api: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    return create_custom(api, (GROUP, VERSION, PLURAL), namespace, manifest)
+
+
+def get_pytorchjob(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return get_custom(api, (GROUP, VERSION, PLURAL), namespace, name)
 
 
 def job_pods(api: client.ApiClient, namespace: str, job: str) -> list[client.V1Pod]:

@@ -16,7 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.nodeagent_objects import scheduling
-from tests.cluster.pytorchjobs import create_pytorchjob, handwritten_pytorchjob
+from tests.cluster.pytorchjobs import create_custom, create_pytorchjob, get_custom, handwritten_pytorchjob
 from tests.manifests import SHARED_DATA, TINY_LLAMA
 
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
@@ -55,18 +55,11 @@ def trainer_job(
 
 
 def create_ftj(api: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
-    body = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
-    created: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
-    return created
+    return create_custom(api, (GROUP, VERSION, PLURAL), namespace, manifest)
 
 
 def get_ftj(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
-    )
-    return found
+    return get_custom(api, (GROUP, VERSION, PLURAL), namespace, name)
 
 
 def conditions_of(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
