@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from tests.cluster.controlplane import Cluster
-from tests.cluster.operator_process import FINETUNE, OperatorProcess
+from tests.cluster.operator_process import FINETUNE, OperatorProcess, no_pod_scraping
 from tests.cluster.waiting import wait_for
 from tests.manifests import REPO_ROOT
 
@@ -189,7 +189,8 @@ class ChartOperator(OperatorProcess):
             else:
                 args.append(arg)
         ports = ["--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port)]
-        return [str(FINETUNE), *args, "--health-host", "127.0.0.1", "--metrics-host", "127.0.0.1", *ports]
+        loopback = ["--health-host", "127.0.0.1", "--metrics-host", "127.0.0.1", *no_pod_scraping()]
+        return [str(FINETUNE), *args, *loopback, *ports]
 
 
 @contextlib.contextmanager

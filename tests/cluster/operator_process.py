@@ -65,6 +65,13 @@ def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
     return samples
 
 
+def no_pod_scraping() -> list[str]:
+    """Point early stopping at a closed loopback port. Without a Prometheus URL the operator scrapes Master pods
+    directly, and kwok's fake pods have cluster IPs (10.244.x) that must never be contacted from a test: traffic
+    may only go to 127.0.0.0/8. Metrics are then unavailable (a condition), which is all these tests need."""
+    return ["--prometheus-url", f"http://127.0.0.1:{free_port()}"]
+
+
 class OperatorProcess:
     """One `finetune operator` process at a time; start/stop/kill it as often as a test needs."""
 
@@ -80,6 +87,7 @@ class OperatorProcess:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def argv(self) -> list[str]:
+        """The operator's command line; early stopping reads a dead loopback Prometheus (see no_pod_scraping)."""
         scope = [arg for ns in self.namespaces for arg in ("--namespace", ns)] or ["--all-namespaces"]
         return [
             str(FINETUNE),
@@ -95,6 +103,7 @@ class OperatorProcess:
             str(self.metrics_port),
             "--trainer-image",
             TRAINER_IMAGE,
+            *no_pod_scraping(),
         ]
 
     @property

@@ -67,7 +67,9 @@ class Operator(OperatorProcess):
         self.extra = list(extra)
 
     def argv(self) -> list[str]:
-        return [*super().argv(), "--health-host=127.0.0.1", "--metrics-host=127.0.0.1", *self.extra]
+        base = super().argv()
+        cut = base.index("--prometheus-url")  # the base's dead loopback URL: these tests choose their own source
+        return [*base[:cut], *base[cut + 2 :], "--health-host=127.0.0.1", "--metrics-host=127.0.0.1", *self.extra]
 
 
 def _stop_cleanly(operator: Operator) -> None:

@@ -47,7 +47,11 @@ GROUP, VERSION, PLURAL, KIND = "finetune.dev", "v1alpha1", "finetunejobs", "Fine
 MANAGED_BY = "app.kubernetes.io/managed-by=finetune-operator"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RECIPE_ENV = "FINETUNE_RECIPE"
-OWN_CONDITIONS = {"InvalidSpec", "SpecChangeRejected"}  # the operator's; every other type mirrors the child's
+OWN_CONDITIONS = {
+    "InvalidSpec",
+    "SpecChangeRejected",
+    "MetricsUnavailable",
+}  # the operator's; every other type mirrors the child's
 BULK_JOBS = 50
 
 # -- FineTuneJobs, children, events -------------------------------------------------------------------------
