@@ -13,4 +13,4 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --upgrade pip
-"$VENV/bin/pip" install --quiet -c constraints.txt -e ".[dev,trainer]"
+"$VENV/bin/pip" install --quiet -c constraints.txt -e ".[dev,trainer,bench]"
