@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import RESULTS, format_table, summary, write_results  # noqa: E402
 from finetune_operator.kube import Kube  # noqa: E402
 from finetune_trainer.metrics import Identity, PrometheusLogger, StepRecord  # noqa: E402
 from tests.cluster.controlplane import start_gpu_cluster  # noqa: E402
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--scrape-interval", type=int, default=1)
     parser.add_argument("--evaluation-interval", type=int, default=5)
     parser.add_argument("--good-steps", type=int, default=6)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/early_stop_latency.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "early_stop_latency.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -132,22 +132,21 @@ def main() -> None:
                 os.killpg(prometheus.pid, signal.SIGKILL)
             cluster.stop()
     budget = args.scrape_interval + args.evaluation_interval + 5
+    figures = summary(latencies)
+    print(f"scrape interval {args.scrape_interval} s, evaluation interval {args.evaluation_interval} s, windowSteps 1")
+    rows = [[f"{args.trials} trials", figures["p50"], figures["max"], float(budget), f"{figures['max'] / budget:.2f}x"]]
+    print(format_table(["decision latency", "p50 s", "max s", "target s", "max/target"], rows))
     result = {
+        "settings": vars(args) | {"out": str(args.out)},
         "scrape_interval_s": args.scrape_interval,
         "evaluation_interval_s": args.evaluation_interval,
         "latencies_s": latencies,
-        "median_s": statistics.median(latencies),
-        "max_s": max(latencies),
+        "summary_s": figures,
         "target_s": budget,
-        "max_over_target": max(latencies) / budget,
+        "max_over_target": figures["max"] / budget,
+        "target_met": figures["max"] <= budget,
     }
-    print(f"scrape {args.scrape_interval}s, evaluation {args.evaluation_interval}s, {args.trials} trials")
-    print(
-        f"latency median {result['median_s']:.2f}s, max {result['max_s']:.2f}s; target <= {budget}s "
-        f"(max/target {result['max_over_target']:.2f})"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":
