@@ -18,6 +18,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "benchmarks" / "results"
+BENCH_LLAMA: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+}
+"""The CPU benchmarks' model: Llama's shape (GQA, SwiGLU, RoPE) small enough for a few steps on 2 cores."""
 
 
 def machine() -> dict[str, Any]:

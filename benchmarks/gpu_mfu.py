@@ -29,7 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import RESULTS, SHARED_DATA, format_table, write_results  # noqa: E402
+from benchmarks.common import BENCH_LLAMA, RESULTS, SHARED_DATA, format_table, write_results  # noqa: E402
 
 PEAK_BF16_FLOPS = 989e12
 TARGET_MFU = 0.45
@@ -46,15 +46,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 8192,
         "tie_word_embeddings": True,
     },
-    "tiny": {
-        "model_type": "llama",
-        "hidden_size": 128,
-        "intermediate_size": 256,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
-    },
+    "tiny": BENCH_LLAMA,
 }
 VARIANTS = [(padding_free, compiled) for padding_free in (False, True) for compiled in (False, True)]
 

@@ -9,8 +9,7 @@ batching differs. Prints a table with the ratio and writes JSON. Not a test: num
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,27 +17,23 @@ from typing import Any
 
 import torch
 
-from finetune_trainer.batching import packing_efficiency, plan_step
-from finetune_trainer.config import Recipe
-from finetune_trainer.trainer import RunOptions, Trainer
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 2048,
-}
+from benchmarks.common import BENCH_LLAMA, RESULTS, SHARED_DATA, write_results  # noqa: E402
+from finetune_trainer.batching import packing_efficiency, plan_step  # noqa: E402
+from finetune_trainer.config import Recipe  # noqa: E402
+from finetune_trainer.trainer import RunOptions, Trainer  # noqa: E402
 
 
 def recipe(batch: int, max_tokens: int) -> Recipe:
     return Recipe.model_validate(
         {
-            "model": {"config": TINY_LLAMA, "tokenizer": "builtin:byte-level", "dtype": "float32"},
-            "data": {"datasets": [{"path": str(SHARED / "gsm8k/train-00000-of-00002.chat.jsonl")}], "maxSeqLen": 2048},
+            "model": {"config": BENCH_LLAMA, "tokenizer": "builtin:byte-level", "dtype": "float32"},
+            "data": {
+                "datasets": [{"path": str(SHARED_DATA / "gsm8k/train-00000-of-00002.chat.jsonl")}],
+                "maxSeqLen": 2048,
+            },
             "training": {"effectiveBatchSize": batch, "maxTokensPerGpu": max_tokens, "learningRate": 1e-4},
         }
     )
@@ -81,13 +76,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=8192)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/trainer_packing.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "trainer_packing.json")
     args = parser.parse_args()
     torch.manual_seed(0)
     packed = measure(True, args.steps, args.batch, args.max_tokens)
     padded = measure(False, args.steps, args.batch, args.max_tokens)
     result = {
-        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
         "settings": vars(args) | {"out": str(args.out)},
         "padding_free": packed,
         "padded": padded,
@@ -103,8 +97,7 @@ def main() -> None:
         f"ratio padding-free/padded: {result['speedup_padding_free_over_padded']:.2f}x; "
         f"max relative loss difference {result['max_rel_loss_difference']:.2e}"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_results(args.out, result)
 
 
 if __name__ == "__main__":
