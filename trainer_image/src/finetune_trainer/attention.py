@@ -54,18 +54,14 @@ def packed_sdpa_attention(
     groups = int(getattr(module, "num_key_value_groups", 1))
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    bounds = sample_boundaries(kwargs, query.shape[2])
+    # split, not slicing: the backward of `split` is one concatenation, while every slice's backward allocates a
+    # zero tensor of the whole row and adds it into the gradient (O(samples x tokens) memory traffic per layer).
+    sizes = [end - start for start, end in itertools.pairwise(sample_boundaries(kwargs, query.shape[2])) if end > start]
     parts = [
-        F.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            is_causal=True,
-            dropout_p=dropout,
-            scale=scaling,
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scaling)
+        for q, k, v in zip(
+            torch.split(query, sizes, 2), torch.split(key, sizes, 2), torch.split(value, sizes, 2), strict=True
         )
-        for start, end in itertools.pairwise(bounds)
-        if end > start
     ]
     output = torch.cat(parts, dim=2)
     return output.transpose(1, 2).contiguous(), None
