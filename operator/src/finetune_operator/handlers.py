@@ -14,7 +14,8 @@ from typing import Any
 import kopf
 
 from finetune_operator.api import GROUP, PLURAL, VERSION
-from finetune_operator.evaluator import Evaluator
+from finetune_operator.evaluator import Evaluator, JobIndex
+from finetune_operator.kube import HANDLER_THREADS
 from finetune_operator.reconcile.child import sync_child
 from finetune_operator.reconcile.common import Context
 from finetune_operator.reconcile.mirror import mirror_child
@@ -39,7 +40,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.WARNING  # Kopf's own per-handler chatter is not worth an Event each
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = HANDLER_THREADS
 
 
 def _sync(memo: kopf.Memo, body: kopf.Body, handler: str) -> None:
@@ -64,8 +65,19 @@ def on_update(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def on_job_event(memo: kopf.Memo, event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+    """Every watch event of a FineTuneJob (the initial listing included) feeds early stopping's job index."""
+    if namespace:
+        job_index(memo).observe(event["type"], dict(event["object"]))
     if event["type"] == "DELETED" and namespace:
         context(memo).metrics.record_phase(namespace, name, None)
+
+
+def job_index(memo: kopf.Memo) -> JobIndex:
+    """Created on first use: Kopf may deliver the initial listing before or after the startup handlers ran."""
+    index: JobIndex | None = memo.get("job_index")
+    if index is None:
+        index = memo.setdefault("job_index", JobIndex())
+    return index
 
 
 @kopf.on.event(CHILD_GROUP, CHILD_VERSION, "pytorchjobs", labels=CHILD_LABELS)
@@ -74,7 +86,7 @@ def on_child_event(memo: kopf.Memo, event: kopf.RawEvent, body: kopf.Body, **_: 
     if event["type"] == "DELETED":
         ctx.metrics.instrumented("child-deleted")(_resync_parent)(ctx, dict(body))
     else:
-        ctx.metrics.instrumented("mirror")(mirror_child)(ctx, dict(body))
+        ctx.metrics.instrumented("mirror")(mirror_child)(ctx, dict(body), job_index(memo).get)
 
 
 def _resync_parent(ctx: Context, child: dict[str, Any]) -> None:
@@ -92,7 +104,7 @@ def _resync_parent(ctx: Context, child: dict[str, Any]) -> None:
 @kopf.on.startup()
 def start_early_stopping(memo: kopf.Memo, **_: Any) -> None:
     """One evaluator thread, run inside Kopf's context so it can post Events through Kopf's queue."""
-    evaluator = Evaluator(context(memo))
+    evaluator = Evaluator(context(memo), index=job_index(memo))
     memo["evaluator"] = evaluator
     kopf_context = contextvars.copy_context()
     threading.Thread(target=kopf_context.run, args=(evaluator.run,), name="early-stopping", daemon=True).start()

@@ -15,15 +15,25 @@ from finetune_operator.render import PYTORCHJOB_KIND
 KUBEFLOW_GROUP, KUBEFLOW_VERSION, PYTORCHJOB_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 POD_JOB_LABEL = "training.kubeflow.org/job-name"
 Manifest = dict[str, Any]
+HANDLER_THREADS = 16
+"""Kopf's thread pool for our (synchronous) handlers."""
+API_CONNECTIONS = HANDLER_THREADS + 4
+"""Handler threads, the early-stopping thread, and room to spare."""
 
 
-def api_client() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, the kubeconfig (KUBECONFIG) otherwise."""
+def api_client(connections: int = API_CONNECTIONS) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, the kubeconfig (KUBECONFIG) otherwise.
+
+    `connections`: kept-alive connections to the API server. The client's default (5 x CPU count) is below the
+    number of handler threads on a small node, and each request over it opens and drops a new TLS connection.
+    """
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = connections
+    return client.ApiClient(configuration)
 
 
 def is_status(error: ApiException, code: int) -> bool:

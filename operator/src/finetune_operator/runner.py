@@ -12,7 +12,7 @@ import kopf
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import Kube, api_client
 from finetune_operator.opmetrics import OperatorMetrics
-from finetune_operator.reconcile.common import Context
+from finetune_operator.reconcile.common import Context, EventPoster
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,18 +56,23 @@ def run_operator(config: OperatorConfig) -> int:
 
     metrics = OperatorMetrics()
     metrics.serve(config.metrics_host, config.metrics_port)
-    memo = kopf.Memo(context=Context(kube=Kube(api_client()), config=config, metrics=metrics))
+    kube = Kube(api_client())
+    events = EventPoster(kube)
+    memo = kopf.Memo(context=Context(kube=kube, config=config, metrics=metrics, events=events))
     logging.getLogger("finetune_operator").info(
         "starting: %s, trainer image %s",
         "cluster-wide" if config.clusterwide else ",".join(config.namespaces),
         config.trainer_image,
     )
-    kopf.run(
-        clusterwide=config.clusterwide,
-        namespaces=config.namespaces,
-        standalone=config.peering is None,
-        peering_name=config.peering,
-        liveness_endpoint=config.liveness_endpoint,
-        memo=memo,
-    )
+    try:
+        kopf.run(
+            clusterwide=config.clusterwide,
+            namespaces=config.namespaces,
+            standalone=config.peering is None,
+            peering_name=config.peering,
+            liveness_endpoint=config.liveness_endpoint,
+            memo=memo,
+        )
+    finally:
+        events.close()
     return 0

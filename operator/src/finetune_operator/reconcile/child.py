@@ -32,7 +32,10 @@ def sync_child(ctx: Context, job: Manifest) -> None:
         mark_invalid(ctx, job, error)
         return
     rendered = render(model, trainer_image=ctx.config.trainer_image)
-    child = ctx.kube.get_child(namespace, rendered["metadata"]["name"])
+    # A job whose status names no child yet (a new one) has none, almost always: create straight away (a 409
+    # adopts one that exists) instead of a GET that answers 404 first.
+    never_created = not status_of(job).get("pytorchJobName") and not _finished(job)
+    child = None if never_created else ctx.kube.get_child(namespace, rendered["metadata"]["name"])
     if child is None and _finished(job):
         return  # ended (e.g. early-stopped): never resurrect its training
     if child is None:
@@ -124,7 +127,7 @@ def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) ->
             out["phase"] = str(status.phase_from_child(child))
         return out
 
-    update_status(ctx, job["metadata"]["namespace"], job["metadata"]["name"], change)
+    update_status(ctx, job["metadata"]["namespace"], job["metadata"]["name"], change, known=job)
 
 
 def mark_invalid(ctx: Context, job: Manifest, error: InvalidInputError) -> None:
@@ -145,7 +148,7 @@ def mark_invalid(ctx: Context, job: Manifest, error: InvalidInputError) -> None:
         }
 
     post_event(ctx, job, "Warning", "InvalidSpec", message)
-    update_status(ctx, job["metadata"]["namespace"], job["metadata"]["name"], change)
+    update_status(ctx, job["metadata"]["namespace"], job["metadata"]["name"], change, known=job)
 
 
 def _finished(job: Manifest) -> bool:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from finetune_operator import status
 from finetune_operator.api import Phase
 from finetune_operator.kube import parent_of
 from finetune_operator.reconcile.common import Context, Manifest, status_of, update_status
 
 
-def mirror_child(ctx: Context, child: Manifest) -> None:
-    """Called on every PyTorchJob event; a no-op write when nothing changed."""
+def mirror_child(ctx: Context, child: Manifest, cached: Callable[[str, str], Manifest | None] | None = None) -> None:
+    """Called on every PyTorchJob event; a no-op write when nothing changed.
+
+    `cached(namespace, name)`: the FineTuneJob as last seen on the watch, tried before a GET (update_status guards
+    every write with its resourceVersion, so a stale copy costs a conflict and a fresh read, never a lost write)."""
     parent = parent_of(child)
     if parent is None:
         return
@@ -23,7 +28,7 @@ def mirror_child(ctx: Context, child: Manifest) -> None:
             return None  # a new FineTuneJob of the same name; this child belongs to the old one
         return mirrored_status(status_of(job), child, details)
 
-    update_status(ctx, namespace, name, change)
+    update_status(ctx, namespace, name, change, known=cached(namespace, name) if cached else None)
 
 
 def mirrored_status(current: Manifest, child: Manifest, details: str) -> Manifest:
