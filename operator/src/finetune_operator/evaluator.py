@@ -48,7 +48,7 @@ class JobIndex:
             if event_type == "DELETED":
                 self._jobs.pop(key, None)
             else:
-                self._jobs[key] = job
+                self._jobs[key] = _slim(job)
 
     def get(self, namespace: str, name: str) -> Manifest | None:
         with self._lock:
@@ -57,6 +57,18 @@ class JobIndex:
     def snapshot(self) -> list[Manifest]:
         with self._lock:
             return list(self._jobs.values())
+
+
+_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp")
+
+
+def _slim(job: Manifest) -> Manifest:
+    """What early stopping and status writes read; managedFields and annotations (Kopf's copy of the last handled
+    spec among them) are about half of a FineTuneJob's size and are never read from here."""
+    metadata = job.get("metadata") or {}
+    slim: Manifest = {key: job[key] for key in ("apiVersion", "kind", "spec", "status") if key in job}
+    slim["metadata"] = {key: metadata[key] for key in _KEPT_METADATA if key in metadata}
+    return slim
 
 
 @dataclass

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -50,7 +53,29 @@ def setup_logging(log_format: str) -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one "succeeded" line per watch event otherwise
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas before any thread starts; False where there is no glibc (nothing to do).
+
+    glibc gives busy threads their own arenas (up to 8 per core). The operator's handler threads each parse and
+    drop many kilobyte-sized JSON bodies; spread over a dozen arenas the freed space is fragmented and never returns
+    to the OS, which at 2,000 jobs was a good part of the operator's peak RSS. Two arenas cost no measurable speed
+    here (the handlers wait on the API server, not on malloc). MALLOC_ARENA_MAX in the environment still wins.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def run_operator(config: OperatorConfig) -> int:
+    limit_malloc_arenas()
     setup_logging(config.log_format)
     import finetune_operator.handlers  # noqa: F401 - registers the handlers with Kopf
 
