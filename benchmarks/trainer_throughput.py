@@ -54,19 +54,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import RESULTS, SHARED_DATA, format_table, write_results  # noqa: E402
+from benchmarks.common import BENCH_LLAMA, RESULTS, SHARED_DATA, format_table, write_results  # noqa: E402
 
 FRAMEWORKS = ("ours", "hf", "trl")
 BUILTIN_TOKENIZER = "builtin:byte-level"
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 2048,
-}
 TARGETS = {"ours_over_hf_padded": 1.5, "ours_over_trl_padding_free": 1.0}
 
 
@@ -132,7 +123,7 @@ def prepare(work: Path, settings: Settings) -> None:
             for index in step:
                 sample = samples[index]
                 out.write(json.dumps({"input_ids": sample.input_ids, "labels": sample.labels}) + "\n")
-    spec = ModelSpec.model_validate({"config": TINY_LLAMA, "tokenizer": BUILTIN_TOKENIZER, "dtype": "float32"})
+    spec = ModelSpec.model_validate({"config": BENCH_LLAMA, "tokenizer": BUILTIN_TOKENIZER, "dtype": "float32"})
     model = build_model(spec, load_tokenizer(BUILTIN_TOKENIZER, None), settings.seed, padding_free=False)
     model.save_pretrained(work / "model")
 
@@ -564,7 +555,7 @@ def main() -> None:
         prepare(work, settings)
         runs = [run_child(name, rep, work, settings.threads) for rep in range(settings.repeats) for name in FRAMEWORKS]
     summary = report(runs, settings)
-    settings_out = asdict(settings) | {"model_config": TINY_LLAMA, "tokenizer": BUILTIN_TOKENIZER, "dtype": "float32"}
+    settings_out = asdict(settings) | {"model_config": BENCH_LLAMA, "tokenizer": BUILTIN_TOKENIZER, "dtype": "float32"}
     write_results(
         args.out,
         {
