@@ -15,7 +15,7 @@ import kopf
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import Kube, api_client
 from finetune_operator.opmetrics import OperatorMetrics
-from finetune_operator.reconcile.common import Context, EventPoster
+from finetune_operator.reconcile.common import Context
 
 
 class JsonFormatter(logging.Formatter):
@@ -82,22 +82,18 @@ def run_operator(config: OperatorConfig) -> int:
     metrics = OperatorMetrics()
     metrics.serve(config.metrics_host, config.metrics_port)
     kube = Kube(api_client())
-    events = EventPoster(kube)
-    memo = kopf.Memo(context=Context(kube=kube, config=config, metrics=metrics, events=events))
+    memo = kopf.Memo(context=Context(kube=kube, config=config, metrics=metrics))
     logging.getLogger("finetune_operator").info(
         "starting: %s, trainer image %s",
         "cluster-wide" if config.clusterwide else ",".join(config.namespaces),
         config.trainer_image,
     )
-    try:
-        kopf.run(
-            clusterwide=config.clusterwide,
-            namespaces=config.namespaces,
-            standalone=config.peering is None,
-            peering_name=config.peering,
-            liveness_endpoint=config.liveness_endpoint,
-            memo=memo,
-        )
-    finally:
-        events.close()
+    kopf.run(
+        clusterwide=config.clusterwide,
+        namespaces=config.namespaces,
+        standalone=config.peering is None,
+        peering_name=config.peering,
+        liveness_endpoint=config.liveness_endpoint,
+        memo=memo,
+    )
     return 0

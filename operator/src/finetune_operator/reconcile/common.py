@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -22,47 +20,11 @@ WARNING_PHASES = ("Failed", "EarlyStopped")
 _MAX_CONFLICTS = 8
 
 
-class EventPoster:
-    """Posts Events from one background thread, in order, off the reconcile path.
-
-    An Event is a note for people (`kubectl describe`), never state: status holds the phase, reason and evidence.
-    Posting inline made every new job wait for two extra API round trips before its handler thread was free, which
-    at hundreds of jobs applied at once was a third of the time to create their PyTorchJobs.
-    """
-
-    def __init__(self, kube: Kube, capacity: int = 10_000) -> None:
-        self._kube = kube
-        self._queue: queue.Queue[tuple[Manifest, str, str, str] | None] = queue.Queue(capacity)
-        self._thread = threading.Thread(target=self._run, name="event-poster", daemon=True)
-        self._thread.start()
-
-    def post(self, job: Manifest, kind: str, reason: str, message: str) -> None:
-        try:
-            self._queue.put_nowait((job, kind, reason, message))
-        except queue.Full:
-            logger.warning("event queue full, dropped %s on %s", reason, job["metadata"].get("name"))
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Post what is queued (up to `timeout`), then stop the thread."""
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            return
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            job, kind, reason, message = item
-            _post_now(self._kube, job, kind, reason, message)
-
-
 @dataclass
 class Context:
     kube: Kube
     config: OperatorConfig
     metrics: OperatorMetrics
-    events: EventPoster | None = field(default=None)
-    """Background Event posting; None posts inline (one-off tools and tests)."""
 
 
 def status_of(job: Manifest) -> Manifest:
@@ -127,10 +89,7 @@ def _detail(changes: Manifest) -> str:
 def post_event(ctx: Context, job: Manifest, kind: str, reason: str, message: str) -> None:
     """A Kubernetes Event on the FineTuneJob. Written through the API (not Kopf's queue) so the early-stopping
     thread can post too; a failure to post is logged, never allowed to fail the reconcile."""
-    if ctx.events is not None:
-        ctx.events.post(job, kind, reason, message)
-    else:
-        _post_now(ctx.kube, job, kind, reason, message)
+    _post_now(ctx.kube, job, kind, reason, message)
 
 
 def _post_now(kube: Kube, job: Manifest, kind: str, reason: str, message: str) -> None:
@@ -138,8 +97,6 @@ def _post_now(kube: Kube, job: Manifest, kind: str, reason: str, message: str) -
         kube.create_event(job, kind, reason, message)
     except ApiException as error:
         logger.warning("could not post event %s on %s: %s", reason, job["metadata"].get("name"), error.reason)
-    except Exception:  # the poster thread must outlive any one bad Event
-        logger.exception("could not post event %s on %s", reason, job["metadata"].get("name"))
 
 
 def _identity(job: Manifest) -> dict[str, str]:
