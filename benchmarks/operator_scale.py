@@ -329,7 +329,7 @@ def end_all_pods(api: client.ApiClient, pods: Sequence[str], threads: int) -> No
 
 
 def master_pod(job_name: str) -> str:
-    return f"{child_name(job_name, 1)}-master-0"
+    return f"{child_name(job_name)}-master-0"
 
 
 # -- one run ---------------------------------------------------------------------------------------------------
@@ -368,9 +368,9 @@ def operator_run(state_dir: Path, jobs: int, gpus: int, args: argparse.Namespace
         sampler.join()
         pods, children, done = watches.pod_succeeded.times, watches.child_succeeded.times, watches.job_succeeded.times
         pod_to_job = [done[name] - pods[master_pod(name)] for name in names if master_pod(name) in pods]
-        child_to_job = [done[name] - children[child_name(name, 1)] for name in names if child_name(name, 1) in children]
+        child_to_job = [done[name] - children[child_name(name)] for name in names if child_name(name) in children]
         jobs_seen, children_seen = watches.finetunejobs.times, watches.pytorchjobs.times
-        reaction = [children_seen[child_name(n, 1)] - jobs_seen[n] for n in names if child_name(n, 1) in children_seen]
+        reaction = [children_seen[child_name(n)] - jobs_seen[n] for n in names if child_name(n) in children_seen]
         return {
             "jobs": jobs,
             "gpus_per_job": gpus,

@@ -1,8 +1,8 @@
 """Invalid FineTuneJobs and what must be said about them: the field path and the rule.
 
 One table serves the unit tests (our validation, the CLI) and the cluster tests (the API server with the
-generated CRD), so both layers are held to the same cases. `server` is False where only the operator can
-tell (the API server's schema accepts any int-or-string quantity).
+generated CRD), so both layers are held to the same cases, at the same field path. `server` is False where
+the API server words the rule differently and says so elsewhere (unknown fields are pruned, not refused).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_operator.quantity import POSITIVE_RULE as QUANTITY_RULE
 from tests.manifests import minimal_job
 
 
@@ -95,7 +96,7 @@ CASES = [
     Case(
         "config-without-tokenizer",
         minimal_job(model={"config": {"model_type": "llama"}}),
-        "spec.model",
+        "spec.model.tokenizer",
         "needs model.tokenizer",
     ),
     Case(
@@ -107,22 +108,27 @@ CASES = [
     Case(
         "phased-one-phase",
         _with("training", {"strategy": "phased", "phases": PHASES[:1]}),
-        "spec.training",
+        "spec.training.phases",
         "at least 2 phases",
     ),
-    Case("phased-no-phases", _with("training.strategy", "phased"), "spec.training", "at least 2 phases"),
-    Case("stacked-with-phases", _with("training.phases", PHASES), "spec.training", "only allowed with strategy phased"),
+    Case("phased-no-phases", _with("training.strategy", "phased"), "spec.training.phases", "at least 2 phases"),
+    Case(
+        "stacked-with-phases",
+        _with("training.phases", PHASES),
+        "spec.training.phases",
+        "only allowed with strategy phased",
+    ),
     Case(
         "warmup-not-below-max-steps",
         _with("training", {"warmupSteps": 10, "maxSteps": 10}),
-        "spec.training",
+        "spec.training.warmupSteps",
         "warmupSteps must be smaller than maxSteps",
     ),
-    Case("no-datasets", minimal_job(data={"datasets": []}), "spec", "data.datasets needs at least one dataset"),
+    Case("no-datasets", minimal_job(data={"datasets": []}), "spec.data", "data.datasets needs at least one dataset"),
     Case(
         "seq-len-over-token-budget",
         _with("training.maxTokensPerGpu", 1024, data={"datasets": [{"path": "/d"}], "maxSeqLen": 4096}),
-        "spec",
+        "spec.training",
         "maxTokensPerGpu must be at least data.maxSeqLen",
     ),
     Case("eval-fraction-one", _with("data.evalFraction", 1.0), "spec.data.evalFraction", "less than 1"),
@@ -143,21 +149,34 @@ CASES = [
     Case(
         "window-over-check-after",
         _with("earlyStopping", {"checkAfterSteps": 5, "windowSteps": 10}),
-        "spec.earlyStopping",
+        "spec.earlyStopping.windowSteps",
         "windowSteps must not exceed checkAfterSteps",
     ),
     Case("metrics-port-privileged", _with("metrics.port", 80), "spec.metrics.port", "greater than or equal to 1024"),
-    Case(
-        "memory-not-quantity",
-        _with("resources.memory", "lots"),
-        "spec.resources.memory",
-        "Kubernetes quantity",
-        server=False,
-    ),
+    *[
+        Case(f"quantity-{label}", _with(field, value), f"spec.{field}", QUANTITY_RULE)
+        for label, field, value in [
+            ("word", "resources.memory", "lots"),
+            ("dots", "resources.memory", "..."),
+            ("double-suffix", "resources.memory", "1GiGi"),
+            ("caret", "resources.memory", "10^30"),
+            ("lowercase-binary", "resources.memory", "1gi"),
+            ("bare-exponent", "resources.memory", "1e"),
+            ("negative-cpu", "resources.cpu", "-2"),
+            ("zero-cpu", "resources.cpu", "0"),
+            ("zero-int-memory", "resources.memory", 0),
+            ("negative-int-cpu", "resources.cpu", -1),
+            ("negative-shm", "resources.sharedMemorySize", "-1Gi"),
+            ("zero-shm", "resources.sharedMemorySize", "0Mi"),
+        ]
+    ],
+    Case("lr-numeric-string", _with("training.learningRate", "1e-5"), "spec.training.learningRate", "valid number"),
+    Case("nodes-numeric-string", _with("resources.nodes", "2"), "spec.resources.nodes", "valid integer"),
+    Case("suspend-string-true", _with("suspend", "true"), "spec.suspend", "valid boolean"),
     Case(
         "reserved-env",
         _with("resources.env", [{"name": "FINETUNE_RECIPE", "value": "{}"}]),
-        "spec.resources",
+        "spec.resources.env",
         "reserved for the operator",
     ),
     Case(
@@ -166,7 +185,7 @@ CASES = [
             "resources.volumes",
             [{"name": "a", "claimName": "x", "mountPath": "/a"}, {"name": "a", "claimName": "y", "mountPath": "/b"}],
         ),
-        "spec.resources",
+        "spec.resources.volumes",
         "volume names must be unique",
     ),
     Case(

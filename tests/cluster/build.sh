@@ -152,8 +152,22 @@ build_tools() {
         "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
     build_training_operator
     log "building helm $HELM_VERSION"
-    GOBIN="$BIN" go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-        "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    GOBIN="$BIN" go install -ldflags "$(helm_ldflags)" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+# What helm's own Makefile stamps in a release build: its version and the default Kubernetes version that
+# `helm template` / `helm lint` assume without a cluster, derived (as upstream does) from the client-go it
+# requires (v0.36.x -> 1.36). Without it helm reports Kubernetes v1.20.0 and refuses charts with kubeVersion >= 1.30.
+helm_ldflags() {
+    local client_go major minor flags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" pkg
+    client_go="$(awk '$1 == "k8s.io/client-go" { print $2; exit }' \
+        "$(mod_field "helm.sh/helm/v3@$HELM_VERSION" GoMod)")"
+    IFS=. read -r major minor _ <<<"${client_go#v}"
+    major=$((major + 1))  # client-go v0.N.x ships with Kubernetes 1.N
+    for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+        flags+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
+    done
+    echo "$flags"
 }
 
 copy_crds() {

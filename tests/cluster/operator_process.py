@@ -103,6 +103,8 @@ class OperatorProcess:
             str(self.metrics_port),
             "--trainer-image",
             TRAINER_IMAGE,
+            "--pod-check-interval",
+            "1",
             *no_pod_scraping(),
         ]
 

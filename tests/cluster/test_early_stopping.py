@@ -119,7 +119,7 @@ class Run:
 
     @property
     def child(self) -> str:
-        return child_name(self.name, 1)
+        return child_name(self.name)
 
     @property
     def master_pod(self) -> str:

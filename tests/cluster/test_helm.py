@@ -42,8 +42,6 @@ from tests.manifests import minimal_job
 pytestmark = pytest.mark.cluster
 
 HELM = CACHE / "bin" / "helm"
-# `helm template` without a cluster assumes an old Kubernetes; the chart requires >= 1.30.
-RENDER_KUBE_VERSION = "1.36.0"
 RESOURCES = {"nodes": 1, "gpusPerNode": 1, "cpu": "1", "memory": "1Gi"}
 
 
@@ -70,6 +68,31 @@ def test_lint_strict(helm: str, values: Path | None) -> None:
     assert "[ERROR]" not in result.stdout, result.stdout
 
 
+def test_template_without_a_cluster_assumes_a_current_kubernetes(helm: str, tmp_path: Path) -> None:
+    """`helm template` with no cluster and no --kube-version, as users run it in CI pipelines and GitOps tools:
+    the chart (kubeVersion >= 1.30) renders, because helm carries the default Kubernetes version its release
+    build stamps (an unstamped build assumes v1.20.0 and refuses the chart)."""
+    probe = tmp_path / "probe"
+    (probe / "templates").mkdir(parents=True)
+    (probe / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")
+    (probe / "templates" / "version.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\n"
+        "data: {version: '{{ .Capabilities.KubeVersion.Version }}'}\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "KUBECONFIG"}
+    shown = subprocess.run(
+        [helm, "template", "p", str(probe)], capture_output=True, text=True, timeout=60, check=True, env=env
+    )
+    version = yaml.safe_load(shown.stdout)["data"]["version"]
+    major, minor = (int(part) for part in version.removeprefix("v").split(".")[:2])
+    assert (major, minor) >= (1, 30), version
+    result = subprocess.run(
+        [helm, "template", "r", str(CHART)], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Deployment" in {doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc}
+
+
 def test_scenarios_exist() -> None:
     names = {scenario_id(path) for path in SCENARIOS}
     assert {"default", "namespaced", "monitoring-peering", "custom-image-resources"} <= names, names
@@ -82,7 +105,7 @@ def test_schema_rejects_unknown_and_invalid_values(helm: str) -> None:
         )
         assert result.returncode != 0, f"{bad} was accepted:\n{result.stdout}"
     result = subprocess.run(
-        [helm, "template", "x", str(CHART), "--set", "replicaCount=2", "--kube-version", RENDER_KUBE_VERSION],
+        [helm, "template", "x", str(CHART), "--set", "replicaCount=2"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -136,7 +159,7 @@ def test_rendered_deployment_and_monitors(helm: str) -> None:
     """The settings the issue pins, read from the rendered objects (cheap; complements the dry runs)."""
     values = next(path for path in SCENARIOS if scenario_id(path) == "monitoring-peering")
     rendered = subprocess.run(
-        [helm, "template", "r", str(CHART), "-n", "ops", "-f", str(values), "--kube-version", RENDER_KUBE_VERSION],
+        [helm, "template", "r", str(CHART), "-n", "ops", "-f", str(values)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -51,6 +51,8 @@ OWN_CONDITIONS = {
     "InvalidSpec",
     "SpecChangeRejected",
     "MetricsUnavailable",
+    "ChildConflict",
+    "PodsNotCreated",
 }  # the operator's; every other type mirrors the child's
 BULK_JOBS = 50
 
@@ -256,7 +258,7 @@ def test_example_becomes_a_pytorchjob_on_fake_gpu_nodes(
     volumes = _bound_claims(api, namespace, [volume["claimName"] for volume in resources.get("volumes", [])])
     try:
         cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest))
-        child = child_name(name, nodes)
+        child = child_name(name)
         pods = wait_running(api, namespace, child, count=nodes, timeout=90)
         ftj = wait_phase(operator_process, api, namespace, name, "Running")
         assert ftj["status"]["pytorchJobName"] == child
@@ -462,6 +464,17 @@ def test_invalid_spec_fails_once_without_child_or_retry_loop(
         assert scoped.alive()
         assert scoped.healthz() == 200
         assert scoped.stop() == 0, f"scoped operator's exit code on SIGTERM:\n{scoped.log_tail()}"
+
+        # A restarted operator counts the job too, though it has nothing to write for it (it was lost before).
+        restarted = OperatorProcess(cluster, tmp_path / "restarted", namespaces=[namespace])
+        (tmp_path / "restarted").mkdir()
+        scoped = restarted.start()
+        restarted.wait_for(
+            lambda: restarted.metric_by_label("finetune_operator_jobs", "phase").get("Failed") == 1,
+            30,
+            "finetune_operator_jobs{phase=Failed} == 1 after the restart",
+        )
+        assert sum(restarted.metric_by_label("finetune_operator_jobs", "phase").values()) == 1
     finally:
         scoped.stop()
         if not operator_process.alive():

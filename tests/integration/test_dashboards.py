@@ -280,7 +280,7 @@ def helm_template(*args: str) -> list[dict[str, Any]]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"helm missing at {HELM} (CI=true)")
         pytest.skip(f"helm missing at {HELM}: scripts/setup.sh downloads it")
-    command = [str(HELM), "template", "r", str(CHART), "--namespace", "monitoring", "--kube-version", "1.36.3"]
+    command = [str(HELM), "template", "r", str(CHART), "--namespace", "monitoring"]
     result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, check=True)
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 

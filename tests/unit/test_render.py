@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from finetune_operator.api import FineTuneJob
+from finetune_operator.api import MAX_NODES, FineTuneJob
 from finetune_operator.render import (
     CONTAINER_NAME,
     ENV_JOB_NAME,
@@ -16,6 +19,7 @@ from finetune_operator.render import (
     MAX_DNS_LABEL,
     child_name,
     label_value,
+    render,
     render_pytorchjob,
 )
 from tests.manifests import minimal_job
@@ -108,28 +112,55 @@ def test_image_comes_from_spec_or_operator_default() -> None:
     assert own["Master"]["containers"][0]["image"] == "mine:2"
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["a" * 253, "b" * 60, "x." * 100 + "y", "7b-model-sft", "granite.7b", "a" * 54, "a" * 55],
+_LABEL = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True)
+JOB_NAMES = st.one_of(
+    st.lists(_LABEL, min_size=1, max_size=6).map(".".join).filter(lambda name: len(name) <= 253),
+    st.integers(1, 253).map(lambda length: "a" * length),
+    st.sampled_from(["b" * 60, "x." * 100 + "y", "7b-model-sft", "granite.7b", "a" * 51, "a" * 52, "a" * 54]),
 )
-@pytest.mark.parametrize("nodes", [1, 2, 12, 1024])
-def test_child_and_pod_names_are_valid_dns_labels(name: str, nodes: int) -> None:
-    import re
+"""Every kind of valid FineTuneJob name (DNS-1123 subdomains up to 253 characters), every length."""
 
-    child = child_name(name, nodes)
-    pod_names = [f"{child}-master-0"] + [f"{child}-worker-{index}" for index in range(max(nodes - 1, 0))]
-    for pod_name in (pod_names[0], pod_names[-1]):
+
+@settings(max_examples=300, deadline=None)
+@given(name=JOB_NAMES, nodes=st.integers(1, MAX_NODES), other_nodes=st.integers(1, MAX_NODES))
+def test_child_name_is_the_jobs_identity_only_and_every_pod_name_is_valid(
+    name: str, nodes: int, other_nodes: int
+) -> None:
+    """The rendered child's name never depends on `nodes` (a long name once got a second child when nodes changed),
+    and every pod name the training-operator derives from it, at any node count, is a DNS-1035 label."""
+    rendered = render_pytorchjob(minimal_job(name=name, resources={"nodes": nodes}))
+    assert rendered["metadata"]["name"] == child_name(name)
+    assert render_pytorchjob(minimal_job(name=name, resources={"nodes": other_nodes}))["metadata"]["name"] == (
+        child_name(name)
+    )
+    child = child_name(name)
+    for pod_name in (f"{child}-master-0", f"{child}-worker-{MAX_NODES - 2}"):
         assert len(pod_name) <= MAX_DNS_LABEL, pod_name
-        assert re.match(DNS_1035, pod_name), pod_name
-    assert child == child_name(name, nodes)
+        assert re.fullmatch(DNS_1035, pod_name), pod_name
+
+
+def test_child_name_budget_is_the_longest_worker_suffix() -> None:
+    """Names up to the budget are kept as they are; one character more gets the hashed form."""
+    budget = MAX_DNS_LABEL - len(f"-worker-{MAX_NODES - 2}")
+    assert child_name("a" * budget) == "a" * budget
+    longer = child_name("a" * (budget + 1))
+    assert longer != "a" * (budget + 1)
+    assert len(longer) <= budget
+
+
+def test_recorded_name_is_kept_by_render() -> None:
+    """A child recorded under an earlier naming rule keeps its name: render takes the record over a re-render."""
+    assert render(FineTuneJob.model_validate(minimal_job(name="x" * 54)), name="recorded")["metadata"]["name"] == (
+        "recorded"
+    )
 
 
 def test_short_valid_names_are_kept() -> None:
-    assert child_name("llama-sft", 4) == "llama-sft"
+    assert child_name("llama-sft") == "llama-sft"
 
 
 def test_long_names_with_a_common_prefix_get_distinct_children() -> None:
-    assert child_name("a" * 80 + "-one", 2) != child_name("a" * 80 + "-two", 2)
+    assert child_name("a" * 80 + "-one") != child_name("a" * 80 + "-two")
 
 
 def test_label_values_fit_63_characters() -> None:

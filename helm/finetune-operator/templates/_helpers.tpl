@@ -124,10 +124,12 @@ RBAC rules for the namespaced resources the operator reads and writes. Every ver
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
-# Phase-transition Events (the operator) and handler Events (Kopf): both only POST new Events.
+# Phase-transition Events (the operator) and handler Events (Kopf) are POSTed; the training-operator's
+# FailedCreatePod Events on PyTorchJobs are listed (one field-selected LIST per check), to tell a job whose pods
+# cannot be created.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- if and .Values.peering (include "finetune-operator.namespaced" .) }}
 # Kopf peering (namespaced operators use KopfPeering objects in each watched namespace).
 - apiGroups: ["kopf.dev"]

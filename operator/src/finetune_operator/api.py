@@ -6,12 +6,12 @@ the operator validates exactly what the trainer will parse.
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema
 
+from finetune_operator import quantity
 from finetune_trainer.config import Recipe
 from finetune_trainer.schema import Rule, SpecModel
 
@@ -22,26 +22,24 @@ KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
 SINGULAR = "finetunejob"
 SHORT_NAMES = ("ftj",)
+MAX_NODES = 1024
+"""Most pods one FineTuneJob may have; the child's name is sized for the pod names this many nodes make."""
 
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
-
-def _quantity(value: object) -> int | str:
-    """Accept what Kubernetes accepts for a quantity: an integer or a string such as 500m, 64Gi or 1.5."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str) and len(value) <= 64 and re.fullmatch(QUANTITY_PATTERN, value):
-        return value
-    raise ValueError("must be a Kubernetes quantity such as 8, 500m or 64Gi")
-
-
 Quantity = Annotated[
     int | str,
-    PlainValidator(_quantity),
-    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}]}),
+    PlainValidator(quantity.positive_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "maxLength": quantity.MAX_LENGTH,
+            "x-kubernetes-validations": [{"rule": quantity.POSITIVE_CEL, "message": quantity.POSITIVE_RULE}],
+        }
+    ),
 ]
+"""cpu, memory, /dev/shm: an integer or a quantity string, greater than zero, as the API server parses it."""
 Label = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL)]
 ResourceName = Annotated[
     str, StringConstraints(min_length=1, max_length=253, pattern=r"^([a-z0-9.\-]+/)?[A-Za-z0-9][-A-Za-z0-9_.]*$")
@@ -112,7 +110,7 @@ class ResourcesSpec(SpecModel):
         ),
     )
 
-    nodes: int = Field(default=1, ge=1, le=1024)
+    nodes: int = Field(default=1, ge=1, le=MAX_NODES)
     """Number of pods (nodes): one Master and nodes-1 Workers."""
     gpus_per_node: int = Field(default=1, ge=0, le=64)
     """GPUs per pod, and training processes per pod; 0 trains on CPU."""

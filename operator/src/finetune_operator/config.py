@@ -28,6 +28,8 @@ class OperatorConfig:
     """Kopf peering name for HA (one active instance); None runs standalone."""
     evaluation_interval_seconds: float = 30.0
     """Default early-stopping evaluation interval (a FineTuneJob may set its own)."""
+    pod_check_interval_seconds: float = 30.0
+    """How often Pending jobs are checked for pods their child cannot create (one Event LIST per check)."""
     log_format: str = "json"
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -55,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, help="operator metrics port (default 9090): GET /metrics")
     parser.add_argument("--peering", help="Kopf peering name: run as one of several replicas, one active")
     parser.add_argument("--evaluation-interval", type=float, help="default early-stopping interval in seconds")
+    parser.add_argument(
+        "--pod-check-interval", type=float, help="seconds between checks for pods a child cannot create (default 30)"
+    )
     parser.add_argument("--log-format", choices=["json", "text"], help="log line format (default json)")
 
 
@@ -80,6 +85,9 @@ def from_arguments(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         peering=pick(args.peering, "PEERING") or None,
         evaluation_interval_seconds=float(
             pick(args.evaluation_interval, "EVALUATION_INTERVAL") or defaults.evaluation_interval_seconds
+        ),
+        pod_check_interval_seconds=float(
+            pick(args.pod_check_interval, "POD_CHECK_INTERVAL") or defaults.pod_check_interval_seconds
         ),
         log_format=pick(args.log_format, "LOG_FORMAT") or defaults.log_format,
     )

@@ -95,7 +95,7 @@ def _collapse_any_of(node: Schema, defs: dict[str, Schema]) -> Schema:
     elif len(concrete) < len(branches) and "default" in rest:
         rest["nullable"] = True  # null is a value here (e.g. divergenceFactor: null disables); keep it
     if len(concrete) == 1:
-        return {**concrete[0], **rest}
+        return _collapse_any_of({**concrete[0], **rest}, defs)  # Optional[int | str] nests one anyOf in another
     if sorted(str(branch.get("type")) for branch in concrete) == ["integer", "string"]:
         return {**rest, "x-kubernetes-int-or-string": True}
     raise ValueError(f"no structural form for anyOf {node['anyOf']!r}")

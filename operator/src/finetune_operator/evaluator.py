@@ -23,6 +23,7 @@ from finetune_operator.api import EarlyStoppingSpec, FineTuneJob, Phase, Verdict
 from finetune_operator.metrics_source import JobMetrics, MetricsUnavailableError, PrometheusSource, ScrapeSource
 from finetune_operator.policy import evaluate
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
+from finetune_operator.reconcile.pod_creation import check_pod_creation
 from finetune_operator.render import child_name
 
 logger = logging.getLogger("finetune_operator.evaluator")
@@ -83,6 +84,7 @@ class Evaluator:
     _due: dict[tuple[str, str], float] = field(default_factory=dict)
     _failures: dict[tuple[str, str], int] = field(default_factory=dict)
     _stopped: set[tuple[str, str, str]] = field(default_factory=set)
+    _pods_due: float = 0.0
 
     def run(self) -> None:
         while not self.stop_flag.is_set():
@@ -95,6 +97,9 @@ class Evaluator:
     def tick(self) -> None:
         now = self.clock()
         jobs = self.index.snapshot() if self.index is not None else self.ctx.kube.list_jobs(self.ctx.config.namespaces)
+        if now >= self._pods_due:
+            self._pods_due = now + self.ctx.config.pod_check_interval_seconds
+            check_pod_creation(self.ctx, jobs)
         for job in jobs:
             key = (job["metadata"]["namespace"], job["metadata"]["name"])
             phase = status_of(job).get("phase")
@@ -145,7 +150,7 @@ class Evaluator:
         return self.scrape.fetch(namespace, name, url, now=self.clock())
 
     def _master_url(self, job: Manifest, model: FineTuneJob) -> str:
-        child = status_of(job).get("pytorchJobName") or child_name(model.metadata.name, model.spec.resources.nodes)
+        child = status_of(job).get("pytorchJobName") or child_name(model.metadata.name)
         for pod in self.ctx.kube.child_pods(model.metadata.namespace, child):
             labels = pod["metadata"].get("labels") or {}
             address = (pod.get("status") or {}).get("podIP")

@@ -66,10 +66,18 @@ def on_update(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def on_job_event(memo: kopf.Memo, event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
     """Every watch event of a FineTuneJob (the initial listing included) feeds early stopping's job index."""
-    if namespace:
-        job_index(memo).observe(event["type"], dict(event["object"]))
-    if event["type"] == "DELETED" and namespace:
+    if not namespace:
+        return
+    job: dict[str, Any] = dict(event["object"])
+    job_index(memo).observe(event["type"], job)
+    # Every job the watch delivers is counted, whatever the reconcile does with it: after a restart, jobs that
+    # ended (or were refused) long ago get no status write, yet belong in finetune_operator_jobs{phase}.
+    if event["type"] == "DELETED":
         context(memo).metrics.record_phase(namespace, name, None)
+    else:
+        phase = (job.get("status") or {}).get("phase")
+        if phase:
+            context(memo).metrics.record_phase(namespace, name, str(phase))
 
 
 def job_index(memo: kopf.Memo) -> JobIndex:

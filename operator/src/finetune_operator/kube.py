@@ -143,6 +143,19 @@ class Kube:
         )
         self.core.create_namespaced_event(metadata["namespace"], event)
 
+    def list_child_events(self, namespaces: tuple[str, ...], reason: str) -> list[Manifest]:
+        """Events with this reason on PyTorchJobs, in the watched namespaces (all when empty): one LIST each."""
+        selector = f"involvedObject.kind={PYTORCHJOB_KIND},reason={reason}"
+        if not namespaces:
+            listed = [self.core.list_event_for_all_namespaces(field_selector=selector)]
+        else:
+            listed = [self.core.list_namespaced_event(namespace, field_selector=selector) for namespace in namespaces]
+        return [
+            self.api.sanitize_for_serialization(event)  # type: ignore[no-untyped-call]
+            for listing in listed
+            for event in listing.items
+        ]
+
     def child_pods(self, namespace: str, child_name: str) -> list[Manifest]:
         pods = self.core.list_namespaced_pod(namespace, label_selector=f"{POD_JOB_LABEL}={child_name}")
         return [self.api.sanitize_for_serialization(pod) for pod in pods.items]  # type: ignore[no-untyped-call]

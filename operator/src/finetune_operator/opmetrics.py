@@ -10,6 +10,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+PHASES = ("Pending", "Running", "Succeeded", "Failed", "EarlyStopped", "Suspended")
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -58,6 +59,7 @@ class OperatorMetrics:
         )
         self._job_series: dict[tuple[str, str], set[tuple[Gauge, str]]] = {}
         self._phases: dict[tuple[str, str], str] = {}
+        self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def serve(self, host: str, port: int) -> None:
@@ -66,16 +68,20 @@ class OperatorMetrics:
     def record_phase(self, namespace: str, name: str, phase: str | None) -> None:
         """Remember a job's phase (None: the job is gone) and refresh the jobs-by-phase gauge."""
         with self._lock:
+            before = self._phases.get((namespace, name))
             if phase is None:
                 self._phases.pop((namespace, name), None)
                 self._forget(namespace, name)
             else:
                 self._phases[(namespace, name)] = phase
-            counts: dict[str, int] = {}
-            for value in self._phases.values():
-                counts[value] = counts.get(value, 0) + 1
-            for value in ("Pending", "Running", "Succeeded", "Failed", "EarlyStopped", "Suspended"):
-                self.jobs.labels(phase=value).set(counts.get(value, 0))
+            if before == phase:
+                return
+            # Counted as it changes, not recounted: every watch event of every job comes through here.
+            for value, delta in ((before, -1), (phase, 1)):
+                if value is not None:
+                    self._counts[value] = self._counts.get(value, 0) + delta
+            for value in PHASES:
+                self.jobs.labels(phase=value).set(self._counts.get(value, 0))
 
     def record_thresholds(self, namespace: str, name: str, thresholds: dict[str, float | None]) -> None:
         """Export the thresholds a job is judged by, so dashboards can draw them next to its series."""

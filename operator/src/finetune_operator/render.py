@@ -11,8 +11,9 @@ Why the choices below:
   in-place restarts hide the failed pod's exit code behind a restart count (both found by the cluster tests).
 - `cleanPodPolicy: Running`: when the job ends, pods still running are deleted (their GPUs freed); finished pods
   stay, with their logs.
-- The child's name must leave room for the `-worker-N` suffix the training-operator appends, and pods/services
-  must be DNS-1035 labels (≤ 63 chars, starting with a letter): long or dotted names are shortened with a hash.
+- The child's name is a function of the FineTuneJob's name only (see `child_name`), leaving room for the longest
+  `-worker-N` suffix the training-operator can append; pods/services must be DNS-1035 labels (≤ 63 chars,
+  starting with a letter): long or dotted names are shortened with a hash.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from finetune_operator.api import FineTuneJob, ResourcesSpec
+from finetune_operator.api import MAX_NODES, FineTuneJob, ResourcesSpec
 from finetune_trainer.config import RECIPE_ENV, recipe_json
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-dev/finetune-trainer:0.1.0"
@@ -33,6 +34,8 @@ CONTAINER_NAME = "pytorch"  # the training-operator only injects its env into th
 PYTORCHJOB_PORT = 23456
 BACKOFF_LIMIT = 3
 MAX_DNS_LABEL = 63
+LONGEST_POD_SUFFIX = len(f"-worker-{MAX_NODES - 2}")
+"""The training-operator names pods <job>-master-0 and <job>-worker-0 ... <job>-worker-(nodes-2)."""
 
 LABEL_JOB = "finetune.dev/job-name"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
@@ -49,10 +52,14 @@ def render_pytorchjob(ftj: Mapping[str, Any], *, trainer_image: str = DEFAULT_TR
     return render(FineTuneJob.model_validate(ftj), trainer_image=trainer_image)
 
 
-def render(job: FineTuneJob, *, trainer_image: str = DEFAULT_TRAINER_IMAGE) -> Manifest:
-    """The PyTorchJob manifest for a validated FineTuneJob."""
+def render(job: FineTuneJob, *, trainer_image: str = DEFAULT_TRAINER_IMAGE, name: str | None = None) -> Manifest:
+    """The PyTorchJob manifest for a validated FineTuneJob.
+
+    `name`: the child's name as recorded in the job's status, when there is a record (a child made under an
+    older naming rule keeps its name); `child_name` of the job's name otherwise.
+    """
     resources = job.spec.resources
-    name = child_name(job.metadata.name, resources.nodes)
+    name = name or child_name(job.metadata.name)
     replica_specs: Manifest = {"Master": replica_spec(job, 1, trainer_image)}
     if resources.nodes > 1:
         replica_specs["Worker"] = replica_spec(job, resources.nodes - 1, trainer_image)
@@ -76,14 +83,16 @@ def render(job: FineTuneJob, *, trainer_image: str = DEFAULT_TRAINER_IMAGE) -> M
     }
 
 
-def child_name(name: str, nodes: int) -> str:
-    """A deterministic PyTorchJob name whose pod and service names stay valid DNS-1035 labels.
+def child_name(name: str) -> str:
+    """The PyTorchJob name for a FineTuneJob name: a function of the job's identity only, fixed for its life.
 
-    The FineTuneJob's own name is kept when it fits; otherwise a prefix plus a hash of the full name, so two long
-    names with a common prefix still get distinct children.
+    Sized for the longest pod name the training-operator can derive from it (`-worker-N` at the largest node
+    count the API allows), never for the current `nodes`: a name that moved with `nodes` made a second child when
+    `nodes` changed. The FineTuneJob's own name is kept when it fits; otherwise a prefix plus a hash of the full
+    name, so two long names with a common prefix still get distinct children. Pods and services must be DNS-1035
+    labels (<= 63 characters, starting with a letter).
     """
-    suffix_len = len(f"-worker-{max(nodes - 2, 0)}") if nodes > 1 else len("-master-0")
-    budget = MAX_DNS_LABEL - suffix_len
+    budget = MAX_DNS_LABEL - LONGEST_POD_SUFFIX
     cleaned = re.sub(r"[^a-z0-9-]", "-", name.lower())
     if cleaned == name and len(name) <= budget and name[0].isalpha():
         return name

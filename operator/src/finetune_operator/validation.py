@@ -6,6 +6,7 @@ report the same problem in the same words.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +67,8 @@ def field_errors(error: ValidationError, source: str = "") -> list[FieldError]:
         elif kind == "missing":
             out.append(FieldError(path, "required field is missing", source=source))
         elif kind == "cross_field":
-            out.append(FieldError(path, item["msg"], source=source))
+            member = (item.get("ctx") or {}).get("member")
+            out.append(FieldError(f"{path}.{member}" if member else path, item["msg"], source=source))
         else:
             rule = item["msg"].removeprefix("Value error, ")
             out.append(FieldError(path, rule, show_value(item["input"]), source))
@@ -78,9 +80,16 @@ def validate_manifest(document: Any, source: str = "") -> FineTuneJob:
     if not isinstance(document, Mapping):
         raise InvalidInputError([FieldError("", "a FineTuneJob must be a mapping", show_value(document), source)])
     try:
-        return FineTuneJob.model_validate(document)
+        return FineTuneJob.model_validate_json(wire_json(document), strict=True)
     except ValidationError as error:
         raise InvalidInputError(field_errors(error, source)) from None
+
+
+def wire_json(document: Mapping[str, Any]) -> str:
+    """The document as the API server receives it: JSON. Validated strictly from JSON, types are judged as the
+    server's schema judges them: "1e-5" is a string, not a learning rate; true is not "yes"; 2 is a valid number.
+    YAML values JSON has no type for (dates) travel as strings, as kubectl sends them."""
+    return json.dumps(document, default=str)
 
 
 def parse_documents(text: str, source: str = "") -> list[Any]:

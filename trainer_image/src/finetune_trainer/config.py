@@ -249,7 +249,7 @@ def recipe_json(recipe: Recipe) -> str:
 
 def parse_recipe(text: str) -> Recipe:
     """Parse the operator's hand-over with the same model and rules the operator validated it with."""
-    return Recipe.model_validate_json(text)
+    return Recipe.model_validate_json(text, strict=True)
 
 
 def recipe_from_env(env: dict[str, str] | None = None) -> Recipe:

@@ -52,7 +52,9 @@ class SpecModel(BaseModel):
     def _check_rules(self) -> SpecModel:
         for rule in type(self).rules:
             if not rule.holds(self):
-                raise PydanticCustomError("cross_field", rule.message)
+                # The member the rule names travels with the error, so the error's path is the field's, as the
+                # API server reports it (spec.training.warmupSteps, not spec.training).
+                raise PydanticCustomError("cross_field", rule.message, {"member": rule.field or ""})
         return self
 
     @classmethod

@@ -9,7 +9,7 @@ annotation on the child, which is how later changes are recognised — across re
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 
@@ -21,6 +21,11 @@ from finetune_operator.render import LABEL_QUEUE, render
 from finetune_operator.validation import InvalidInputError, validate_manifest
 
 APPLIED_SPEC = "finetune.dev/applied-spec"
+INVALID_SPEC = "InvalidSpec"
+CHILD_CONFLICT = "ChildConflict"
+FOREIGN_TERMINATING_RETRY_SECONDS = 2
+FOREIGN_CHILD_RETRY_SECONDS = 10
+RETRIABLE_CLIENT_ERRORS = (408, 409, 429)
 
 
 def sync_child(ctx: Context, job: Manifest) -> None:
@@ -29,26 +34,34 @@ def sync_child(ctx: Context, job: Manifest) -> None:
     try:
         model = validate_manifest({key: job[key] for key in ("apiVersion", "kind", "metadata", "spec")})
     except InvalidInputError as error:
-        mark_invalid(ctx, job, error)
+        mark_invalid(ctx, job, "InvalidSpec", "; ".join(str(item) for item in error.errors))
         return
-    rendered = render(model, trainer_image=ctx.config.trainer_image)
+    # The name recorded in status is the child's for life; a re-render is only for a job that recorded none.
+    recorded = status_of(job).get("pytorchJobName")
+    rendered = render(model, trainer_image=ctx.config.trainer_image, name=recorded)
     # A job whose status names no child yet (a new one) has none, almost always: create straight away (a 409
     # adopts one that exists) instead of a GET that answers 404 first.
-    never_created = not status_of(job).get("pytorchJobName") and not _finished(job)
+    never_created = not recorded and not _finished(job)
     child = None if never_created else ctx.kube.get_child(namespace, rendered["metadata"]["name"])
     if child is None and _finished(job):
         return  # ended (e.g. early-stopped): never resurrect its training
     if child is None:
         child = create_or_adopt(ctx, job, model, rendered)
+        if child is None:
+            return  # refused by the API server: the job is Failed with the server's reason
     elif not owned_by(child, job):
-        raise kopf.PermanentError(f"PyTorchJob {child['metadata']['name']} exists and belongs to someone else")
+        wait_for_foreign_child(ctx, job, child)
     rejected = rejected_paths(child, model)
     apply_mutable(ctx, child, model)
     record(ctx, job, child, rejected)
 
 
-def create_or_adopt(ctx: Context, job: Manifest, model: FineTuneJob, rendered: Manifest) -> Manifest:
-    """Create the child; on 409 adopt the existing one if it is ours."""
+def create_or_adopt(ctx: Context, job: Manifest, model: FineTuneJob, rendered: Manifest) -> Manifest | None:
+    """Create the child; on 409 adopt the existing one if it is ours. None when the API server refuses it.
+
+    A refusal other than a conflict or throttling (e.g. 422 from a schema or an admission policy) is not fixed by
+    retrying: the job ends Failed with the server's words, and a spec change tries again.
+    """
     namespace = job["metadata"]["namespace"]
     manifest = dict(rendered)
     manifest["metadata"] = {
@@ -56,21 +69,73 @@ def create_or_adopt(ctx: Context, job: Manifest, model: FineTuneJob, rendered: M
         "ownerReferences": [owner_reference(job)],
         "annotations": {APPLIED_SPEC: json.dumps(applied_spec(model), sort_keys=True, separators=(",", ":"))},
     }
+    name = manifest["metadata"]["name"]
     try:
         created = ctx.kube.create_child(namespace, manifest)
     except ApiException as error:
+        if is_refusal(error):
+            mark_invalid(ctx, job, "ChildRejected", f"the API server refused PyTorchJob {name}: {api_message(error)}")
+            return None
         if not is_status(error, 409):
             raise
-        existing = ctx.kube.get_child(namespace, manifest["metadata"]["name"])
+        existing = ctx.kube.get_child(namespace, name)
         if existing is None:
             raise kopf.TemporaryError("PyTorchJob vanished while adopting it", delay=1) from error
         if not owned_by(existing, job):
-            raise kopf.PermanentError(
-                f"PyTorchJob {manifest['metadata']['name']} exists and belongs to someone else"
-            ) from error
+            wait_for_foreign_child(ctx, job, existing)
         return existing
     post_event(ctx, job, "Normal", "Created", f"created PyTorchJob {created['metadata']['name']}")
     return created
+
+
+def wait_for_foreign_child(ctx: Context, job: Manifest, child: Manifest) -> NoReturn:
+    """The child's name is held by an object this job does not own: say so on the job and retry later.
+
+    Usually the child of an earlier FineTuneJob of the same name, still being garbage-collected: it goes soon,
+    so the retry is quick. Otherwise someone else's PyTorchJob: the job waits (Pending, condition ChildConflict)
+    until it is deleted, and never adopts or overwrites it.
+    """
+    name = child["metadata"]["name"]
+    if child["metadata"].get("deletionTimestamp"):
+        reason, delay = "PreviousChildTerminating", FOREIGN_TERMINATING_RETRY_SECONDS
+        message = f"PyTorchJob {name} of an earlier FineTuneJob of this name is being deleted; waiting for it to go"
+    else:
+        reason, delay = "ChildNameTaken", FOREIGN_CHILD_RETRY_SECONDS
+        message = (
+            f"PyTorchJob {name} exists and is not owned by this FineTuneJob; "
+            "it is left alone, and this job's training starts once it is deleted"
+        )
+    generation = job["metadata"].get("generation")
+    conflict = status.condition(CHILD_CONFLICT, True, reason, message, generation)
+    if (CHILD_CONFLICT, "True", reason) not in _condition_keys(status_of(job)):
+        post_event(ctx, job, "Warning" if reason == "ChildNameTaken" else "Normal", reason, message)
+
+    def change(current_job: Manifest) -> Manifest:
+        current = status_of(current_job)
+        out: Manifest = {"conditions": status.merge_conditions(current.get("conditions") or [], [conflict])}
+        if current.get("phase") is None:
+            out["phase"] = str(Phase.Pending)
+        return out
+
+    update_status(ctx, job["metadata"]["namespace"], job["metadata"]["name"], change, known=job)
+    raise kopf.TemporaryError(message, delay=delay)
+
+
+def is_refusal(error: ApiException) -> bool:
+    """A 4xx that a retry of the same request cannot fix (not a conflict, timeout or throttling)."""
+    code = getattr(error, "status", None) or 0
+    return 400 <= code < 500 and code not in RETRIABLE_CLIENT_ERRORS
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own explanation (the Status object's message), else the HTTP reason."""
+    try:
+        body = json.loads(error.body or "")
+    except (TypeError, ValueError):
+        body = None
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return f"{error.status} {error.reason}"
 
 
 def applied_spec(model: FineTuneJob) -> dict[str, Any]:
@@ -115,46 +180,56 @@ def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) ->
     def change(current_job: Manifest) -> Manifest:
         current = status_of(current_job)
         updates = [spec_condition]
-        if _condition_true(current, "InvalidSpec"):
-            updates.append(status.condition("InvalidSpec", False, "SpecValid", "", generation))
+        if _condition_true(current, INVALID_SPEC):
+            updates.append(status.condition(INVALID_SPEC, False, "SpecValid", "", generation))
+        if _condition_true(current, CHILD_CONFLICT):
+            updates.append(status.condition(CHILD_CONFLICT, False, "ChildOwned", "", generation))
         conditions = status.merge_conditions(current.get("conditions") or [], updates)
         out: Manifest = {
             "pytorchJobName": child["metadata"]["name"],
             "observedGeneration": generation,
             "conditions": conditions,
         }
-        if current.get("phase") is None or _condition_true(current, "InvalidSpec"):
+        if current.get("phase") is None or _condition_true(current, INVALID_SPEC):
             out["phase"] = str(status.phase_from_child(child))
         return out
 
     update_status(ctx, job["metadata"]["namespace"], job["metadata"]["name"], change, known=job)
 
 
-def mark_invalid(ctx: Context, job: Manifest, error: InvalidInputError) -> None:
-    """A spec only the operator can reject: Failed with every problem listed; nothing to retry."""
-    message = "; ".join(str(item) for item in error.errors)
+def mark_invalid(ctx: Context, job: Manifest, reason: str, message: str) -> None:
+    """A spec that cannot run (refused by our validation or by the API server): Failed with the reason, once.
+
+    The condition is InvalidSpec either way, so a later spec change is tried again (see `_finished`)."""
     generation = job["metadata"].get("generation")
-    already = _condition_true(status_of(job), "InvalidSpec") and status_of(job).get("observedGeneration") == generation
+    current = status_of(job)
+    already = (INVALID_SPEC, "True", reason) in _condition_keys(current) and current.get(
+        "observedGeneration"
+    ) == generation
     if already:
         return
 
     def change(current_job: Manifest) -> Manifest:
         current = status_of(current_job)
-        invalid = status.condition("InvalidSpec", True, "InvalidSpec", message, generation)
+        invalid = status.condition(INVALID_SPEC, True, reason, message, generation)
         return {
             "phase": str(Phase.Failed),
             "observedGeneration": generation,
             "conditions": status.merge_conditions(current.get("conditions") or [], [invalid]),
         }
 
-    post_event(ctx, job, "Warning", "InvalidSpec", message)
+    post_event(ctx, job, "Warning", reason, message)
     update_status(ctx, job["metadata"]["namespace"], job["metadata"]["name"], change, known=job)
+
+
+def _condition_keys(current: Manifest) -> set[tuple[str, str, str]]:
+    return {(str(c.get("type")), str(c.get("status")), str(c.get("reason"))) for c in current.get("conditions") or []}
 
 
 def _finished(job: Manifest) -> bool:
     current = status_of(job)
     return current.get("phase") in [str(phase) for phase in status.TERMINAL_PHASES] and not _condition_true(
-        current, "InvalidSpec"
+        current, INVALID_SPEC
     )
 
 

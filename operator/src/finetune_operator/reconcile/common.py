@@ -53,7 +53,8 @@ def update_status(
         if all(current.get(key) == value for key, value in changes.items()):
             if from_known:
                 continue
-            ctx.metrics.record_phase(namespace, name, current.get("phase"))
+            if current.get("phase"):
+                ctx.metrics.record_phase(namespace, name, current["phase"])
             return None
         try:
             ctx.kube.patch_job_status(namespace, name, changes, job["metadata"].get("resourceVersion"))
@@ -69,7 +70,8 @@ def update_status(
 def _after_write(ctx: Context, job: Manifest, before: Manifest, changes: Manifest) -> None:
     metadata = job["metadata"]
     phase = changes.get("phase", before.get("phase"))
-    ctx.metrics.record_phase(metadata["namespace"], metadata["name"], phase)
+    if phase:
+        ctx.metrics.record_phase(metadata["namespace"], metadata["name"], phase)
     if "phase" in changes and changes["phase"] != before.get("phase"):
         kind = "Warning" if changes["phase"] in WARNING_PHASES else "Normal"
         message = f"phase {before.get('phase') or '-'} -> {changes['phase']}{_detail(changes)}"

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from finetune_operator import status
 from finetune_operator.api import Phase
 from finetune_operator.kube import parent_of
+from finetune_operator.reconcile import pod_creation
 from finetune_operator.reconcile.common import Context, Manifest, status_of, update_status
 
 
@@ -37,6 +38,8 @@ def mirrored_status(current: Manifest, child: Manifest, details: str) -> Manifes
         return {}  # the operator ended this run; the child's last words do not change that
     phase = status.phase_from_child(child)
     conditions = status.with_failure_details(status.mirrored_conditions(child), details)
+    if phase != Phase.Pending and pod_creation.CONDITION in status.true_types(current.get("conditions") or []):
+        conditions.append(status.condition(pod_creation.CONDITION, False, "PodsCreated", ""))
     out: Manifest = {
         "phase": str(phase),
         "pytorchJobName": child["metadata"]["name"],
