@@ -61,3 +61,18 @@ def test_per_job_series_are_dropped_with_the_job() -> None:
     text = generate_latest(metrics.registry).decode()
     assert 'finetunejob="a"' not in text
     assert 'finetune_operator_early_stops_total{rule="maxGradNorm"} 1.0' in text
+
+
+def test_jobs_by_phase_follow_transitions_and_deletions() -> None:
+    from prometheus_client import generate_latest
+
+    from finetune_operator.opmetrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    for name, phase in [("a", "Pending"), ("b", "Failed"), ("a", "Running"), ("c", "Running"), ("a", "Running")]:
+        metrics.record_phase("ns", name, phase)
+    metrics.record_phase("ns", "c", None)
+    text = generate_latest(metrics.registry).decode()
+    assert 'finetune_operator_jobs{phase="Running"} 1.0' in text
+    assert 'finetune_operator_jobs{phase="Failed"} 1.0' in text
+    assert 'finetune_operator_jobs{phase="Pending"} 0.0' in text
