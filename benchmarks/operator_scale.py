@@ -15,8 +15,8 @@ kube-apiserver, scheduler, controller-manager, training-operator v1.9.2, kwok pl
   FineTuneJob's status.phase Succeeded is recorded. The operator's own Python process (the console script is a
   Python script, so Popen's pid is the interpreter) is sampled every 0.5 s for VmRSS; its CPU-seconds are
   utime+stime from /proc/<pid>/stat at the end.
-- floor: on another fresh control plane, the same N PyTorchJobs, rendered by `finetune_operator.render` exactly
-  as the operator renders them (same applied-spec annotation; no ownerReference, since there is no parent), are
+- floor: on another fresh control plane, the same N PyTorchJobs, rendered by `finetune_operator.children.pytorchjob`
+  exactly as the operator renders them (same applied-spec annotation; no ownerReference, since there is no parent), are
   created by the same thread pool with the operator not running: t0 until each PyTorchJob exists is what the API
   server (plus this script's client) can do at best. The training-operator, scheduler and kwok do the same work
   behind both runs (one pod per job), so the only difference is the operator in between.
@@ -58,9 +58,9 @@ from kubernetes import client, config  # noqa: E402
 from kubernetes.watch.watch import iter_resp_lines  # noqa: E402
 
 from benchmarks.common import RESULTS, format_table, summary, write_results  # noqa: E402
+from finetune_operator.api.validation import validate_manifest  # noqa: E402
+from finetune_operator.children.pytorchjob import child_name, render  # noqa: E402
 from finetune_operator.reconcile.child import APPLIED_SPEC, applied_spec  # noqa: E402
-from finetune_operator.render import child_name, render  # noqa: E402
-from finetune_operator.validation import validate_manifest  # noqa: E402
 from tests.cluster.controlplane import GPU_RESOURCE, Cluster, gpu_node_manifest  # noqa: E402
 from tests.cluster.operator_process import TRAINER_IMAGE, OperatorProcess, apply_crd  # noqa: E402
 from tests.cluster.pytorchjobs import EXIT_CODE_ANNOTATION  # noqa: E402

@@ -21,7 +21,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator.render import child_name
+from finetune_operator.children.pytorchjob import child_name
 from tests.cluster.components import free_port
 from tests.cluster.controlplane import Cluster
 from tests.cluster.nodeagent_handle import NodeAgentHandle

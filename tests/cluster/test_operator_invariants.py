@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator.render import child_name
+from finetune_operator.children.pytorchjob import child_name
 from tests.cluster.controlplane import Cluster
 from tests.cluster.operator_process import OperatorProcess
 from tests.cluster.pytorchjobs import create_pytorchjob, get_pytorchjob, handwritten_pytorchjob

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_operator.render import render_pytorchjob
+from finetune_operator.children.pytorchjob import render_pytorchjob
 from tests.manifests import REPO_ROOT
 
 HERE = Path(__file__).parent

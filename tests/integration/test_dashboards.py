@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.opmetrics import OperatorMetrics
+from finetune_operator.metrics.operator import OperatorMetrics
 from tests.integration.test_metrics_source import start_prometheus
 from tests.trainer.test_metrics import free_port
 from tests.trainer.test_trainer import finish, launch, recipe

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_operator.metrics_source import MetricsUnavailableError, PrometheusSource, ScrapeSource, join_points
+from finetune_operator.metrics.source import MetricsUnavailableError, PrometheusSource, ScrapeSource, join_points
 from finetune_trainer.metrics import Identity, PrometheusLogger, StepRecord
 from tests.trainer.test_metrics import free_port
 

@@ -23,10 +23,10 @@ import pytest
 import yaml
 
 from finetune_operator.cli import load_jobs
-from finetune_operator.local import Follower, follow, latest_checkpoint
-from finetune_operator.local_launch import launch_for, local_processes
-from finetune_operator.local_report import Outcome, RunState, Summary, decide, progress_line, summary_text
-from finetune_operator.policy import evaluate
+from finetune_operator.decisions.policy import evaluate
+from finetune_operator.local.launch import launch_for, local_processes
+from finetune_operator.local.report import Outcome, RunState, Summary, decide, progress_line, summary_text
+from finetune_operator.local.run import Follower, follow, latest_checkpoint
 from tests.manifests import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples"

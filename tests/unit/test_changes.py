@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finetune_operator.api import FineTuneJob
-from finetune_operator.changes import IMMUTABLE_SECTIONS, MUTABLE_SECTIONS, changed_paths, immutable_part
+from finetune_operator.api.changes import IMMUTABLE_SECTIONS, MUTABLE_SECTIONS, changed_paths, immutable_part
 from finetune_operator.reconcile.child import applied_spec
 from tests.manifests import minimal_job
 

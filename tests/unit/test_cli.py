@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_operator.render import render_pytorchjob
+from finetune_operator.children.pytorchjob import render_pytorchjob
 from tests.invalid_cases import CASES
 from tests.manifests import EXAMPLES, REPO_ROOT, minimal_job
 

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from finetune_operator.api import FineTuneJob
-from finetune_operator.render import render_pytorchjob
+from finetune_operator.children.pytorchjob import render_pytorchjob
 from finetune_trainer import config
 from finetune_trainer.config import RECIPE_ENV, Recipe, parse_recipe, recipe_from_env, recipe_json
 from tests.manifests import EXAMPLES, REPO_ROOT, minimal_job

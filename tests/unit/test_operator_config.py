@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from finetune_operator.children.pytorchjob import DEFAULT_TRAINER_IMAGE
 from finetune_operator.config import OperatorConfig, add_arguments, from_arguments
-from finetune_operator.render import DEFAULT_TRAINER_IMAGE
 
 
 def parse(argv: list[str], env: dict[str, str]) -> OperatorConfig:
@@ -47,7 +47,7 @@ def test_per_job_series_are_dropped_with_the_job() -> None:
     """Thresholds and stop marks are per job: they must not outlive it (unbounded label growth otherwise)."""
     from prometheus_client import generate_latest
 
-    from finetune_operator.opmetrics import OperatorMetrics
+    from finetune_operator.metrics.operator import OperatorMetrics
 
     metrics = OperatorMetrics()
     metrics.record_thresholds("ns", "a", {"maxGradNorm": 5.0, "minLoss": None})
@@ -66,7 +66,7 @@ def test_per_job_series_are_dropped_with_the_job() -> None:
 def test_jobs_by_phase_follow_transitions_and_deletions() -> None:
     from prometheus_client import generate_latest
 
-    from finetune_operator.opmetrics import OperatorMetrics
+    from finetune_operator.metrics.operator import OperatorMetrics
 
     metrics = OperatorMetrics()
     for name, phase in [("a", "Pending"), ("b", "Failed"), ("a", "Running"), ("c", "Running"), ("a", "Running")]:

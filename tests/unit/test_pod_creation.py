@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import Kube
-from finetune_operator.opmetrics import OperatorMetrics
+from finetune_operator.metrics.operator import OperatorMetrics
 from finetune_operator.reconcile.common import Context
 from finetune_operator.reconcile.mirror import mirrored_status
 from finetune_operator.reconcile.pod_creation import (

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from finetune_operator.api import EarlyStoppingSpec, Verdict
-from finetune_operator.policy import Point, evaluate, observation_stride
+from finetune_operator.decisions.policy import Point, evaluate, observation_stride
 
 NAN = float("nan")
 INF = float("inf")
@@ -520,7 +520,7 @@ def _sparse(stride: int, count: int, grad_norm: float, *, hole_after: int | None
 
 def test_sparse_observations_are_judged_on_the_last_observed_window() -> None:
     from finetune_operator.api import EarlyStoppingSpec
-    from finetune_operator.policy import evaluate, observation_stride
+    from finetune_operator.decisions.policy import evaluate, observation_stride
 
     spec = EarlyStoppingSpec.model_validate({"checkAfterSteps": 10, "windowSteps": 4, "maxGradNorm": 5.0})
     series = _sparse(stride=7, count=8, grad_norm=9.0)
@@ -535,7 +535,7 @@ def test_sparse_observations_are_judged_on_the_last_observed_window() -> None:
 
 def test_sparse_observations_with_a_wide_hole_are_unknown() -> None:
     from finetune_operator.api import EarlyStoppingSpec
-    from finetune_operator.policy import evaluate
+    from finetune_operator.decisions.policy import evaluate
 
     spec = EarlyStoppingSpec.model_validate({"checkAfterSteps": 10, "windowSteps": 4, "maxGradNorm": 5.0})
     verdict = evaluate(_sparse(stride=7, count=8, grad_norm=9.0, hole_after=6), spec)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from finetune_operator.quantity import MAX_LENGTH, POSITIVE_RULE, parse_quantity, positive_quantity
+from finetune_operator.api.quantity import MAX_LENGTH, POSITIVE_RULE, parse_quantity, positive_quantity
 
 
 @pytest.mark.parametrize(

@@ -9,16 +9,16 @@ from typing import Any, cast
 import kopf
 import pytest
 
+from finetune_operator.children.pytorchjob import child_name
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import Kube
-from finetune_operator.opmetrics import OperatorMetrics
+from finetune_operator.metrics.operator import OperatorMetrics
 from finetune_operator.reconcile.child import (
     FOREIGN_CHILD_RETRY_SECONDS,
     FOREIGN_TERMINATING_RETRY_SECONDS,
     sync_child,
 )
 from finetune_operator.reconcile.common import Context
-from finetune_operator.render import child_name
 from tests.manifests import minimal_job
 from tests.unit.fake_kube import FakeKube, api_error
 

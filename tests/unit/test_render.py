@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from finetune_operator.api import MAX_NODES, FineTuneJob
-from finetune_operator.render import (
+from finetune_operator.children.pytorchjob import (
     CONTAINER_NAME,
     ENV_JOB_NAME,
     ENV_JOB_NAMESPACE,

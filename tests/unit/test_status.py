@@ -8,7 +8,7 @@ import pytest
 
 from finetune_operator.api import Phase
 from finetune_operator.reconcile.mirror import mirrored_status
-from finetune_operator.status import (
+from finetune_operator.reconcile.status import (
     condition,
     failure_details,
     merge_conditions,

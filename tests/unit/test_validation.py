@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from finetune_operator.validation import InvalidInputError, field_path, parse_documents, validate_manifest
+from finetune_operator.api.validation import InvalidInputError, field_path, parse_documents, validate_manifest
 from tests.invalid_cases import CASES, Case
 from tests.manifests import EXAMPLES, minimal_job
 

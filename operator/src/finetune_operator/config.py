@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from finetune_operator.render import DEFAULT_TRAINER_IMAGE
+from finetune_operator.children.pytorchjob import DEFAULT_TRAINER_IMAGE
 
 
 @dataclass(frozen=True)

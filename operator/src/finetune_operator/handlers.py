@@ -14,12 +14,12 @@ from typing import Any
 import kopf
 
 from finetune_operator.api import GROUP, PLURAL, VERSION
-from finetune_operator.evaluator import Evaluator, JobIndex
+from finetune_operator.children.pytorchjob import PYTORCHJOB_API_VERSION
 from finetune_operator.kube import HANDLER_THREADS
 from finetune_operator.reconcile.child import sync_child
 from finetune_operator.reconcile.common import Context
+from finetune_operator.reconcile.early_stop import Evaluator, JobIndex
 from finetune_operator.reconcile.mirror import mirror_child
-from finetune_operator.render import PYTORCHJOB_API_VERSION
 
 CHILD_GROUP, CHILD_VERSION = PYTORCHJOB_API_VERSION.split("/")
 CHILD_LABELS = {"app.kubernetes.io/managed-by": "finetune-operator"}

@@ -10,7 +10,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator.api import GROUP, PLURAL, VERSION
-from finetune_operator.render import PYTORCHJOB_KIND
+from finetune_operator.children.pytorchjob import PYTORCHJOB_KIND
 
 KUBEFLOW_GROUP, KUBEFLOW_VERSION, PYTORCHJOB_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 POD_JOB_LABEL = "training.kubeflow.org/job-name"

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 
-from finetune_trainer.schema import Rule, SpecModel, count_set
+from finetune_contract.schema import Rule, SpecModel, count_set
 
 RECIPE_ENV = "FINETUNE_RECIPE"
 """Environment variable through which the operator hands the recipe (JSON) to the trainer pods."""

@@ -13,12 +13,12 @@ from typing import Any, NoReturn
 
 import kopf
 
-from finetune_operator import changes, status
-from finetune_operator.api import FineTuneJob, Phase
+from finetune_operator.api import FineTuneJob, Phase, changes
+from finetune_operator.api.validation import InvalidInputError, validate_manifest
+from finetune_operator.children.pytorchjob import LABEL_QUEUE, render
 from finetune_operator.kube import ApiException, is_status, owned_by, owner_reference
+from finetune_operator.reconcile import status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
-from finetune_operator.render import LABEL_QUEUE, render
-from finetune_operator.validation import InvalidInputError, validate_manifest
 
 APPLIED_SPEC = "finetune.dev/applied-spec"
 INVALID_SPEC = "InvalidSpec"

@@ -11,7 +11,7 @@ import kopf
 
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import ApiException, Kube, is_status
-from finetune_operator.opmetrics import OperatorMetrics
+from finetune_operator.metrics.operator import OperatorMetrics
 
 logger = logging.getLogger("finetune_operator")
 Manifest = dict[str, Any]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from finetune_operator import status
 from finetune_operator.api import Phase
 from finetune_operator.kube import parent_of
-from finetune_operator.reconcile import pod_creation
+from finetune_operator.reconcile import pod_creation, status
 from finetune_operator.reconcile.common import Context, Manifest, status_of, update_status
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from finetune_operator import status
 from finetune_operator.api import Phase
+from finetune_operator.reconcile import status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
 
 CONDITION = "PodsNotCreated"

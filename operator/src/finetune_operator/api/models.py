@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema
 
-from finetune_operator import quantity
+from finetune_contract.schema import Rule, SpecModel
+from finetune_operator.api import quantity
 from finetune_trainer.config import Recipe
-from finetune_trainer.schema import Rule, SpecModel
 
 GROUP = "finetune.dev"
 VERSION = "v1alpha1"

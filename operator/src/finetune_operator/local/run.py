@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from finetune_operator.api import FineTuneJob, Verdict
-from finetune_operator.local_launch import (
+from finetune_operator.api.validation import InvalidInputError
+from finetune_operator.decisions.policy import evaluate
+from finetune_operator.local.launch import (
     METRICS_ADDR,
     Stopper,
     cuda_device_count,
@@ -35,9 +37,7 @@ from finetune_operator.local_launch import (
     missing_paths,
     port_problem,
 )
-from finetune_operator.local_report import EXIT_CODES, Outcome, RunState, Summary, decide, progress_line, summary_text
-from finetune_operator.policy import evaluate
-from finetune_operator.validation import InvalidInputError
+from finetune_operator.local.report import EXIT_CODES, Outcome, RunState, Summary, decide, progress_line, summary_text
 from finetune_trainer.config import recipe_json
 
 RUNS_DIR = Path("runs")
@@ -229,7 +229,7 @@ def draw(state: RunState, job: FineTuneJob, stop: Verdict | None, path: Path, di
         return None
     title = f"{job.metadata.name}: loss, gradient norm and learning rate per optimizer step"
     try:
-        from finetune_operator.plot import marks_for, write_plot
+        from finetune_operator.local.plot import marks_for, write_plot
 
         return str(write_plot(steps, marks_for(steps, job.spec.early_stopping, stop), path, title))
     except Exception as error:  # matplotlib missing or failing: the run and its summary stand without a plot

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune_operator.api import EarlyStoppingSpec, Verdict
-from finetune_operator.local_report import Step, initial_loss
+from finetune_operator.local.report import Step, initial_loss
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from finetune_operator import status
 from finetune_operator.api import EarlyStoppingSpec, FineTuneJob, Phase, Verdict
-from finetune_operator.metrics_source import JobMetrics, MetricsUnavailableError, PrometheusSource, ScrapeSource
-from finetune_operator.policy import evaluate
+from finetune_operator.children.pytorchjob import child_name
+from finetune_operator.decisions.policy import evaluate
+from finetune_operator.metrics.source import JobMetrics, MetricsUnavailableError, PrometheusSource, ScrapeSource
+from finetune_operator.reconcile import status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
 from finetune_operator.reconcile.pod_creation import check_pod_creation
-from finetune_operator.render import child_name
 
-logger = logging.getLogger("finetune_operator.evaluator")
+logger = logging.getLogger("finetune_operator.reconcile.early_stop")
 MASTER_LABEL = "training.kubeflow.org/replica-type"
 MAX_BACKOFF_SECONDS = 60.0
 STALE_AFTER_SECONDS = 600.0

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from finetune_operator.api import FineTuneJob
-from finetune_operator.validation import FieldError
+from finetune_operator.api.validation import FieldError
 
 NAMESPACE = "local"
 METRICS_ADDR = "127.0.0.1"

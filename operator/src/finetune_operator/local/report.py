@@ -1,6 +1,6 @@
 """What `finetune local` tells a person: the run's state from the trainer's records, a progress line, a summary.
 
-Pure (no I/O, no clock, no process): `finetune_operator.local` feeds it the trainer's `metrics.jsonl` records
+Pure (no I/O, no clock, no process): `finetune_operator.local.run` feeds it the trainer's `metrics.jsonl` records
 and the trainer's exit, and prints what comes back. Kept apart so the wording and the outcome rules are tested
 without starting a trainer.
 """
@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from finetune_operator.api import EarlyStoppingSpec, Verdict
-from finetune_operator.policy import Point
+from finetune_operator.decisions.policy import Point
 
 RATE_WINDOW = 5
 """Steps the progress line's tokens/s averages over: one step alone jumps with every scheduler hiccup."""

@@ -24,7 +24,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from finetune_operator.policy import Point
+from finetune_operator.decisions.policy import Point
 
 SERIES = {
     "step": "finetune_optimizer_step",

@@ -3,7 +3,7 @@
 pydantic's JSON Schema is close to, but not, a Kubernetes structural schema: it uses $ref/$defs, anyOf for
 optional and int-or-string fields, titles, and `additionalProperties: true` for free-form objects. This module
 rewrites it into the structural form and adds what only Kubernetes knows (printer columns, subresources).
-`python -m finetune_operator.crdgen` writes the committed copies; `--check` fails when they are stale.
+`python -m finetune_operator.api.crd` writes the committed copies; `--check` fails when they are stale.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{PLURAL}.{GROUP}",
-            "annotations": {"finetune.dev/generated-by": "python -m finetune_operator.crdgen"},
+            "annotations": {"finetune.dev/generated-by": "python -m finetune_operator.api.crd"},
         },
         "spec": {
             "group": GROUP,
@@ -204,7 +204,7 @@ def crd() -> dict[str, Any]:
 
 def crd_yaml() -> str:
     """The CRD as the YAML text that is committed (stable key order, a header naming the generator)."""
-    header = f"# Generated from the {API_VERSION} API models by `python -m finetune_operator.crdgen`. Do not edit.\n"
+    header = f"# Generated from the {API_VERSION} API models by `python -m finetune_operator.api.crd`. Do not edit.\n"
     return header + yaml.dump(crd(), Dumper=_NoAliasDumper, sort_keys=False, width=120)
 
 
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = stale_files(args.root)
         for path in stale:
-            print(f"{path}: stale, run `python -m finetune_operator.crdgen`", file=sys.stderr)
+            print(f"{path}: stale, run `python -m finetune_operator.api.crd`", file=sys.stderr)
         return 1 if stale else 0
     for path in CRD_PATHS:
         target = args.root / path
