@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_operator.children.pytorchjob import child_name
 from tests.cluster.controlplane import GPU_NODES, GPU_PRODUCT, GPU_PRODUCT_LABEL, GPUS_PER_NODE, Cluster
-from tests.cluster.operator_process import TRAINER_IMAGE, OperatorProcess, wait_stable
+from tests.cluster.operator_process import CRD_FILE, TRAINER_IMAGE, OperatorProcess, wait_stable
 from tests.cluster.pytorchjobs import (
     REPLICA_TYPE_LABEL,
     end_pod,
@@ -430,6 +430,32 @@ def test_sigkill_right_after_child_creation_then_restart_converges(
 # -- invalid and changed specs -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def crd_without_quantity_rule(cluster: Cluster) -> Any:
+    """The FineTuneJob CRD with the memory quantity rule taken out, then the real one back: what a cluster whose
+    CRD is older than its operator accepts (Helm installs CRDs once and never upgrades them)."""
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["properties"]["resources"]["properties"]["memory"].pop("x-kubernetes-validations")
+    apply = ("apply", "--server-side", "--force-conflicts", "--field-manager=finetune-tests", "-f", "-")
+    cluster.kubectl(*apply, stdin=yaml.safe_dump(crd))
+    try:
+        yield
+    finally:
+        cluster.kubectl(*apply, stdin=CRD_FILE.read_text())
+
+
+def created_or_refused(api: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> bool:
+    """True once the API server accepts the manifest (the CRD's new schema takes a moment to be served)."""
+    try:
+        create_ftj(api, namespace, manifest)
+    except ApiException as error:
+        if error.status == 422:
+            return False
+        raise
+    return True
+
+
 def test_invalid_spec_fails_once_without_child_or_retry_loop(
     operator_process: OperatorProcess, cluster: Cluster, api: client.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
@@ -440,8 +466,9 @@ def test_invalid_spec_fails_once_without_child_or_retry_loop(
         scoped.start()
         name = "bad-memory"
         manifest = small_job(name)
-        manifest["spec"]["resources"]["memory"] = "lots"  # int-or-string in the CRD: the API server accepts it
-        create_ftj(api, namespace, manifest)
+        manifest["spec"]["resources"]["memory"] = "lots"
+        with crd_without_quantity_rule(cluster):  # as stored under an older CRD (Helm never upgrades CRDs)
+            wait_for(lambda: created_or_refused(api, namespace, manifest), 30, "the looser CRD in force")
         ftj = wait_phase(scoped, api, namespace, name, "Failed")
         invalid = conditions_of(ftj).get("InvalidSpec")
         assert invalid, conditions_of(ftj)
