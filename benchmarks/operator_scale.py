@@ -58,6 +58,7 @@ from kubernetes import client, config  # noqa: E402
 from kubernetes.watch.watch import iter_resp_lines  # noqa: E402
 
 from benchmarks.common import RESULTS, format_table, summary, write_results  # noqa: E402
+from finetune_contract import names  # noqa: E402
 from finetune_operator.api.validation import validate_manifest  # noqa: E402
 from finetune_operator.children.pytorchjob import child_name, render  # noqa: E402
 from finetune_operator.reconcile.child import APPLIED_SPEC, applied_spec  # noqa: E402
@@ -72,7 +73,7 @@ NAMESPACE = "scale"
 RSS_TARGET_MB = 300.0
 RSS_TARGET_AT_JOBS = 2000
 CREATE_RATIO_TARGET = 2.0
-PYTORCHJOBS = ("kubeflow.org", "v1", NAMESPACE, "pytorchjobs")
+PYTORCHJOBS = (names.PYTORCHJOB_GROUP, names.PYTORCHJOB_VERSION, NAMESPACE, names.PYTORCHJOB_PLURAL)
 FINETUNEJOBS = ("finetune.dev", "v1alpha1", NAMESPACE, "finetunejobs")
 Manifest = dict[str, Any]
 
@@ -209,7 +210,7 @@ class Watches:
         custom = client.CustomObjectsApi(api)
         self.threads = [
             RawWatch(
-                "pytorchjobs",
+                names.PYTORCHJOB_PLURAL,
                 partial(custom.list_namespaced_custom_object, *PYTORCHJOBS),
                 [self.pytorchjobs, self.child_succeeded],
             ),

@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 import yaml
 
+from finetune_contract.checkpoints import latest_checkpoint
 from finetune_operator.cli import load_jobs
 from finetune_operator.decisions.policy import evaluate
 from finetune_operator.local.launch import launch_for, local_processes
 from finetune_operator.local.report import Outcome, RunState, Summary, decide, progress_line, summary_text
-from finetune_operator.local.run import Follower, follow, latest_checkpoint
+from finetune_operator.local.run import Follower, follow
 from tests.manifests import REPO_ROOT
 
 EXAMPLES = REPO_ROOT / "examples"
@@ -187,7 +188,9 @@ def test_ctrl_c_checkpoints_and_exits_130(tmp_path: Path) -> None:
     rows = summary_rows(stdout)
     assert rows["outcome"].startswith("Interrupted")
     checkpoint = Path(rows["checkpoint"])
-    assert checkpoint == latest_checkpoint(output)
+    newest = latest_checkpoint(output)
+    assert newest is not None
+    assert checkpoint == newest.path
     assert (checkpoint / "COMPLETE").is_file()
     assert (checkpoint / "model.safetensors").is_file()
     steps = int(rows["steps"].split("/")[0])
@@ -227,7 +230,7 @@ def test_progress_and_summary_text() -> None:
     assert progress_line(state, None).startswith("waiting for the first step")
     for step in range(1, 4):
         state.add(record(step, 5.0 - step, 2.0, 100.0 + step))
-    verdict = evaluate(state.points(), load_jobs(str(EXAMPLES / "quickstart.yaml"))[0].spec.early_stopping)
+    verdict = evaluate(list(state.steps.values()), load_jobs(str(EXAMPLES / "quickstart.yaml"))[0].spec.early_stopping)
     line = progress_line(state, verdict)
     assert line.startswith("step 3/10  loss 2.0000  grad norm 2  lr 0.001  tok/s 2,000  eta 0m07s")
     assert line.endswith("policy unknown (NotYetCheckable)")

@@ -13,7 +13,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from finetune_trainer.metrics import ConsoleLogger, Identity, JsonlLogger, PrometheusLogger, StepRecord
+from finetune_contract.records import StepRecord
+from finetune_trainer.metrics import ConsoleLogger, Identity, JsonlLogger, PrometheusLogger
 
 SERIES = (
     "finetune_train_loss",
@@ -36,7 +37,18 @@ def free_port() -> int:
 
 
 def record(step: int, loss: float = 2.0, grad_norm: float = 1.5) -> StepRecord:
-    return StepRecord(step, 10, loss, grad_norm, 1e-4, 32, 1000, 0.5, 0, "stacked")
+    return StepRecord(
+        step=step,
+        total_steps=10,
+        loss=loss,
+        grad_norm=grad_norm,
+        learning_rate=1e-4,
+        samples=32,
+        tokens=1000,
+        step_duration_seconds=0.5,
+        epoch=0,
+        phase="stacked",
+    )
 
 
 def scrape(port: int) -> str:
@@ -76,8 +88,34 @@ def test_every_series_is_served_with_the_identity_labels(prometheus) -> None:
 
 
 def test_phase_gauge_marks_only_the_current_phase(prometheus) -> None:
-    prometheus.log_step(StepRecord(1, 10, 2.0, 1.0, 1e-4, 4, 10, 0.1, 0, "knowledge"))
-    prometheus.log_step(StepRecord(2, 10, 2.0, 1.0, 1e-4, 4, 10, 0.1, 0, "skills"))
+    prometheus.log_step(
+        StepRecord(
+            step=1,
+            total_steps=10,
+            loss=2.0,
+            grad_norm=1.0,
+            learning_rate=1e-4,
+            samples=4,
+            tokens=10,
+            step_duration_seconds=0.1,
+            epoch=0,
+            phase="knowledge",
+        )
+    )
+    prometheus.log_step(
+        StepRecord(
+            step=2,
+            total_steps=10,
+            loss=2.0,
+            grad_norm=1.0,
+            learning_rate=1e-4,
+            samples=4,
+            tokens=10,
+            step_duration_seconds=0.1,
+            epoch=0,
+            phase="skills",
+        )
+    )
     phases = {s.labels["phase"]: s.value for s in samples_by_name(scrape(prometheus.port))["finetune_phase"]}
     assert phases == {"knowledge": 0.0, "skills": 1.0}
 

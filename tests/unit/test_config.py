@@ -7,10 +7,11 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from finetune_contract.names import ENV_RECIPE
 from finetune_operator.api import FineTuneJob
 from finetune_operator.children.pytorchjob import render_pytorchjob
 from finetune_trainer import config
-from finetune_trainer.config import RECIPE_ENV, Recipe, parse_recipe, recipe_from_env, recipe_json
+from finetune_trainer.config import Recipe, parse_recipe, recipe_from_env, recipe_json
 from tests.manifests import EXAMPLES, REPO_ROOT, minimal_job
 
 
@@ -64,7 +65,7 @@ def test_trainer_rejects_a_bad_recipe_with_the_same_rules() -> None:
 
 
 def test_missing_recipe_env_names_the_variable() -> None:
-    with pytest.raises(ValueError, match=RECIPE_ENV):
+    with pytest.raises(ValueError, match=ENV_RECIPE):
         recipe_from_env({})
 
 

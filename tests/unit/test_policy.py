@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from finetune_contract.records import StepRecord
 from finetune_operator.api import EarlyStoppingSpec, Verdict
-from finetune_operator.decisions.policy import Point, evaluate, observation_stride
+from finetune_operator.decisions.policy import evaluate, observation_stride
 
 NAN = float("nan")
 INF = float("inf")
@@ -29,26 +30,26 @@ def spec(**fields: Any) -> EarlyStoppingSpec:
     return EarlyStoppingSpec.model_validate(fields)
 
 
-def run(losses: Sequence[float | None], grads: Sequence[float | None], t0: float | None = None) -> list[Point]:
+def run(losses: Sequence[float | None], grads: Sequence[float | None], t0: float | None = None) -> list[StepRecord]:
     """Consecutive steps from 1, one second apart from `t0` when it is set."""
     return [
-        Point(i + 1, loss, grad, None if t0 is None else t0 + i)
+        StepRecord(i + 1, loss, grad, None if t0 is None else t0 + i)
         for i, (loss, grad) in enumerate(zip(losses, grads, strict=True))
     ]
 
 
-def flat(steps: int, loss: float = 2.0, grad: float = 1.0, t0: float | None = None) -> list[Point]:
+def flat(steps: int, loss: float = 2.0, grad: float = 1.0, t0: float | None = None) -> list[StepRecord]:
     return run([loss] * steps, [grad] * steps, t0)
 
 
 def with_values(
-    points: list[Point], loss: Mapping[int, float | None] = NONE, grad_norm: Mapping[int, float | None] = NONE
-) -> list[Point]:
+    points: list[StepRecord], loss: Mapping[int, float | None] = NONE, grad_norm: Mapping[int, float | None] = NONE
+) -> list[StepRecord]:
     """The series with single steps' loss / grad norm overridden."""
     return [replace(p, loss=loss.get(p.step, p.loss), grad_norm=grad_norm.get(p.step, p.grad_norm)) for p in points]
 
 
-def without(points: list[Point], *steps: int) -> list[Point]:
+def without(points: list[StepRecord], *steps: int) -> list[StepRecord]:
     return [p for p in points if p.step not in steps]
 
 
@@ -61,7 +62,7 @@ ALL_RULES = BASE | {"maxGradNorm": 5.0, "minLoss": 0.5, "divergenceFactor": 3.0}
 class Case:
     id: str
     spec: dict[str, Any]
-    series: list[Point]
+    series: list[StepRecord]
     decision: str
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
@@ -74,7 +75,7 @@ HIGH_GRAD = flat(20, grad=9.0)  # grad norm 9 > maxGradNorm 5 everywhere: stops 
 CASES = [
     Case("disabled", ALL_RULES | {"enabled": False}, HIGH_GRAD, "unknown", "Disabled"),
     Case("empty", ALL_RULES, [], "unknown", "NoData"),
-    Case("only-step-zero-gauge", ALL_RULES, [Point(0, 0.0, 0.0)], "unknown", "NoData"),
+    Case("only-step-zero-gauge", ALL_RULES, [StepRecord(0, 0.0, 0.0)], "unknown", "NoData"),
     Case(
         "nan-loss-stops-even-if-later-steps-are-finite",
         ALL_RULES,
@@ -267,7 +268,7 @@ def test_a_sustained_rise_does_stop() -> None:
 
 def test_nan_at_step_one_stops_at_once() -> None:
     config = spec(checkAfterSteps=50, windowSteps=10, maxGradNorm=5.0)
-    verdict = evaluate([Point(1, NAN, 1.0, time=0.0)], config, now=1e6, stale_after_seconds=60.0)
+    verdict = evaluate([StepRecord(1, NAN, 1.0, time=0.0)], config, now=1e6, stale_after_seconds=60.0)
     assert (verdict.decision, verdict.reason) == ("stop", "NonFinite")
     assert verdict.evidence is not None
     assert (verdict.evidence.from_step, verdict.evidence.to_step) == (1, 1)
@@ -275,7 +276,7 @@ def test_nan_at_step_one_stops_at_once() -> None:
 
 def test_nan_is_not_a_stop_reason_when_stop_on_non_finite_is_off() -> None:
     config = spec(checkAfterSteps=50, windowSteps=10, stopOnNonFinite=False)
-    assert evaluate([Point(1, NAN, NAN)], config).reason == "NotYetCheckable"
+    assert evaluate([StepRecord(1, NAN, NAN)], config).reason == "NotYetCheckable"
     early_nan = with_values(flat(60), loss={3: NAN}, grad_norm={4: -INF})
     verdict = evaluate(early_nan, config)
     assert (verdict.decision, verdict.reason) == ("continue", "WithinThresholds")
@@ -293,25 +294,25 @@ def test_rule_order_non_finite_then_divergence_then_max_grad_norm_then_min_loss(
 
 def test_latest_observation_per_step_wins_whatever_the_input_order() -> None:
     series = flat(20, t0=100.0)
-    scrapes = [Point(20, 2.0, 50.0, time=90.0), *reversed(series), Point(19, 2.0, 50.0, time=200.0)]
+    scrapes = [StepRecord(20, 2.0, 50.0, time=90.0), *reversed(series), StepRecord(19, 2.0, 50.0, time=200.0)]
     # step 20's older scrape (grad 50) loses to the newer one (grad 1); step 19's newer scrape (grad 50) wins.
     verdict = evaluate(scrapes, spec(**ALL_RULES))
     assert verdict.decision == "continue"
-    assert evaluate([*scrapes, Point(18, 2.0, 50.0, time=200.0)], spec(**ALL_RULES)).decision == "continue"
-    three = [*scrapes, Point(18, 2.0, 50.0, time=200.0), Point(17, 2.0, 50.0, time=200.0)]
+    assert evaluate([*scrapes, StepRecord(18, 2.0, 50.0, time=200.0)], spec(**ALL_RULES)).decision == "continue"
+    three = [*scrapes, StepRecord(18, 2.0, 50.0, time=200.0), StepRecord(17, 2.0, 50.0, time=200.0)]
     assert evaluate(three, spec(**ALL_RULES)).reason == "GradNormAboveMax"
 
 
 def test_duplicates_differing_only_in_the_sign_of_zero_resolve_the_same_in_any_order() -> None:
     config = spec(checkAfterSteps=1, windowSteps=1, minLoss=0.5)
-    scrapes = [Point(1, 0.0, 1.0, time=5.0), Point(1, -0.0, 1.0, time=5.0)]
+    scrapes = [StepRecord(1, 0.0, 1.0, time=5.0), StepRecord(1, -0.0, 1.0, time=5.0)]
     verdict = evaluate(scrapes, config)
     assert verdict.reason == "LossBelowMin"
     assert evaluate(scrapes[::-1], config) == verdict
 
 
 def test_an_unreadable_observation_time_reads_as_stale() -> None:
-    series = [*flat(19, grad=9.0, t0=1000.0), Point(20, 2.0, 9.0, time=NAN)]
+    series = [*flat(19, grad=9.0, t0=1000.0), StepRecord(20, 2.0, 9.0, time=NAN)]
     verdict = evaluate(series, spec(**ALL_RULES), now=1020.0, stale_after_seconds=60.0)
     assert (verdict.decision, verdict.reason) == ("unknown", "StaleMetrics")
 
@@ -329,7 +330,7 @@ def test_initial_loss_skips_gaps_and_non_finite_values() -> None:
 
 
 def test_verdict_survives_json_with_nan_and_evaluated_at() -> None:
-    verdict = evaluate([Point(1, 2.0, NAN)], spec(**BASE), evaluated_at="2026-01-02T03:04:05Z")
+    verdict = evaluate([StepRecord(1, 2.0, NAN)], spec(**BASE), evaluated_at="2026-01-02T03:04:05Z")
     wire = json.loads(json.dumps(verdict.to_wire(), allow_nan=False))
     assert wire["evaluatedAt"] == "2026-01-02T03:04:05Z"
     assert wire["evidence"]["value"] == "NaN"
@@ -338,7 +339,9 @@ def test_verdict_survives_json_with_nan_and_evaluated_at() -> None:
 
 # ----------------------------------------------------------------------------------------------- properties
 @st.composite
-def settings_and_series(draw: st.DrawFn, *, rules: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Point]]:
+def settings_and_series(
+    draw: st.DrawFn, *, rules: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[StepRecord]]:
     """A spec and a complete, finite, per-step series long enough to be judged."""
     window = draw(st.integers(1, 8))
     check = draw(st.integers(window, 15))
@@ -356,7 +359,7 @@ def settings_and_series(draw: st.DrawFn, *, rules: dict[str, Any] | None = None)
     return config | rules, run(losses, grads)
 
 
-def grad_median(series: list[Point], window: int) -> float:
+def grad_median(series: list[StepRecord], window: int) -> float:
     return statistics.median(grad for p in series[-window:] if (grad := p.grad_norm) is not None)
 
 
@@ -365,7 +368,7 @@ thresholds = st.tuples(st.floats(0.01, 100.0), st.floats(0.01, 100.0)).map(sorte
 
 @PROPERTY
 @given(settings_and_series(), thresholds)
-def test_max_grad_norm_is_monotonic(generated: tuple[dict[str, Any], list[Point]], pair: list[float]) -> None:
+def test_max_grad_norm_is_monotonic(generated: tuple[dict[str, Any], list[StepRecord]], pair: list[float]) -> None:
     config, series = generated
     low, high = pair
     stopped_high = evaluate(series, spec(**config | {"maxGradNorm": high})).decision == "stop"
@@ -375,7 +378,7 @@ def test_max_grad_norm_is_monotonic(generated: tuple[dict[str, Any], list[Point]
 
 @PROPERTY
 @given(settings_and_series(), thresholds)
-def test_min_loss_is_monotonic(generated: tuple[dict[str, Any], list[Point]], pair: list[float]) -> None:
+def test_min_loss_is_monotonic(generated: tuple[dict[str, Any], list[StepRecord]], pair: list[float]) -> None:
     config, series = generated
     low, high = pair
     stopped_low = evaluate(series, spec(**config | {"minLoss": low})).decision == "stop"
@@ -385,7 +388,7 @@ def test_min_loss_is_monotonic(generated: tuple[dict[str, Any], list[Point]], pa
 
 @PROPERTY
 @given(settings_and_series(), st.tuples(st.floats(1.001, 50.0), st.floats(1.001, 50.0)).map(sorted))
-def test_divergence_factor_is_monotonic(generated: tuple[dict[str, Any], list[Point]], pair: list[float]) -> None:
+def test_divergence_factor_is_monotonic(generated: tuple[dict[str, Any], list[StepRecord]], pair: list[float]) -> None:
     config, series = generated
     low, high = pair
     stopped_high = evaluate(series, spec(**config | {"divergenceFactor": high})).decision == "stop"
@@ -399,7 +402,7 @@ ONLY_GRAD = {"maxGradNorm": None, "minLoss": None, "divergenceFactor": None}
 @PROPERTY
 @given(settings_and_series(rules=ONLY_GRAD), st.floats(0.01, 100.0))
 def test_max_grad_norm_stops_exactly_above_the_window_median(
-    generated: tuple[dict[str, Any], list[Point]], threshold: float
+    generated: tuple[dict[str, Any], list[StepRecord]], threshold: float
 ) -> None:
     config, series = generated
     verdict = evaluate(series, spec(**config | {"maxGradNorm": threshold}))
@@ -410,7 +413,7 @@ def test_max_grad_norm_stops_exactly_above_the_window_median(
 @PROPERTY
 @given(settings_and_series(), st.data())
 def test_a_series_shorter_than_check_after_steps_never_stops(
-    generated: tuple[dict[str, Any], list[Point]], data: st.DataObject
+    generated: tuple[dict[str, Any], list[StepRecord]], data: st.DataObject
 ) -> None:
     config, series = generated
     short = series[: data.draw(st.integers(0, config["checkAfterSteps"] - 1))]
@@ -424,7 +427,9 @@ READS = {"loss": ("minLoss", "divergenceFactor"), "grad_norm": ("maxGradNorm",)}
 
 @PROPERTY
 @given(settings_and_series(), st.data())
-def test_holes_in_the_window_never_stop(generated: tuple[dict[str, Any], list[Point]], data: st.DataObject) -> None:
+def test_holes_in_the_window_never_stop(
+    generated: tuple[dict[str, Any], list[StepRecord]], data: st.DataObject
+) -> None:
     config, series = generated
     read = [name for name, keys in READS.items() if any(config[key] is not None for key in keys)]
     assume(read)
@@ -449,7 +454,7 @@ def test_holes_in_the_window_never_stop(generated: tuple[dict[str, Any], list[Po
 @PROPERTY
 @given(settings_and_series(), st.data())
 def test_removing_points_never_turns_unknown_into_stop(
-    generated: tuple[dict[str, Any], list[Point]], data: st.DataObject
+    generated: tuple[dict[str, Any], list[StepRecord]], data: st.DataObject
 ) -> None:
     config, series = generated
     # Often unknown: cut the run short, and knock a step out of the (possibly new) window. Removing the newest step
@@ -470,7 +475,7 @@ def test_removing_points_never_turns_unknown_into_stop(
 @PROPERTY
 @given(settings_and_series(), st.floats(0.0, 1e4), st.floats(1.0, 1e4))
 def test_stale_metrics_never_stop(
-    generated: tuple[dict[str, Any], list[Point]], stale_after: float, extra: float
+    generated: tuple[dict[str, Any], list[StepRecord]], stale_after: float, extra: float
 ) -> None:
     config, series = generated
     timed = [replace(p, time=1000.0 + p.step) for p in series]
@@ -480,7 +485,7 @@ def test_stale_metrics_never_stop(
 
 
 maybe = st.none() | st.sampled_from([NAN, INF, -INF, 0.0, -0.0]) | st.floats(-10.0, 100.0)
-messy_point = st.builds(Point, st.integers(-1, 14), maybe, maybe, st.none() | st.sampled_from([1.0, 2.0, 3.0]))
+messy_point = st.builds(StepRecord, st.integers(-1, 14), maybe, maybe, st.none() | st.sampled_from([1.0, 2.0, 3.0]))
 
 
 @PROPERTY
@@ -492,8 +497,8 @@ messy_point = st.builds(Point, st.integers(-1, 14), maybe, maybe, st.none() | st
     st.data(),
 )
 def test_verdict_is_deterministic_and_order_free(
-    points: list[Point],
-    generated: tuple[dict[str, Any], list[Point]],
+    points: list[StepRecord],
+    generated: tuple[dict[str, Any], list[StepRecord]],
     stop_on_non_finite: bool,
     now: float | None,
     data: st.DataObject,
@@ -511,11 +516,11 @@ def test_verdict_is_deterministic_and_order_free(
 
 
 # --- sparse observation: Prometheus scrapes on a clock, a fast trainer is seen every few steps -----------------------
-def _sparse(stride: int, count: int, grad_norm: float, *, hole_after: int | None = None) -> list[Point]:
+def _sparse(stride: int, count: int, grad_norm: float, *, hole_after: int | None = None) -> list[StepRecord]:
     steps = [stride * (index + 1) for index in range(count)]
     if hole_after is not None:
         steps = steps[:hole_after] + [step + 5 * stride for step in steps[hole_after:]]
-    return [Point(step, 2.0, grad_norm, float(step)) for step in steps]
+    return [StepRecord(step, 2.0, grad_norm, float(step)) for step in steps]
 
 
 def test_sparse_observations_are_judged_on_the_last_observed_window() -> None:

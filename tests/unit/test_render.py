@@ -9,13 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from finetune_contract import names
 from finetune_operator.api import MAX_NODES, FineTuneJob
 from finetune_operator.children.pytorchjob import (
     CONTAINER_NAME,
-    ENV_JOB_NAME,
-    ENV_JOB_NAMESPACE,
-    LABEL_JOB,
-    LABEL_QUEUE,
     MAX_DNS_LABEL,
     child_name,
     label_value,
@@ -77,8 +74,8 @@ def test_identity_env_and_metrics_port() -> None:
     rendered = render_pytorchjob(job)
     pod = pods(rendered)["Master"]
     env = env_of(pod)
-    assert env[ENV_JOB_NAME] == "sft-a"
-    assert env[ENV_JOB_NAMESPACE] == "team-a"
+    assert env[names.ENV_JOB_NAME] == "sft-a"
+    assert env[names.ENV_JOB_NAMESPACE] == "team-a"
     assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in pod["containers"][0]["ports"]
     assert rendered["metadata"]["namespace"] == "team-a"
 
@@ -93,8 +90,8 @@ def test_user_env_cannot_shadow_the_contract() -> None:
 def test_suspend_and_queue_are_propagated() -> None:
     job = render_pytorchjob(minimal_job(suspend=True, queueName="gpu-queue"))
     assert job["spec"]["runPolicy"]["suspend"] is True
-    assert job["metadata"]["labels"][LABEL_QUEUE] == "gpu-queue"
-    assert LABEL_QUEUE not in job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
+    assert job["metadata"]["labels"][names.QUEUE_LABEL] == "gpu-queue"
+    assert names.QUEUE_LABEL not in job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
 
 
 def test_finished_jobs_free_their_gpus() -> None:
@@ -167,8 +164,8 @@ def test_label_values_fit_63_characters() -> None:
     job = render_pytorchjob(minimal_job(name="n" * 200))
     for value in job["metadata"]["labels"].values():
         assert len(value) <= MAX_DNS_LABEL
-    assert job["metadata"]["labels"][LABEL_JOB] == label_value("n" * 200)
-    assert env_of(pods(job)["Master"])[ENV_JOB_NAME] == "n" * 200
+    assert job["metadata"]["labels"][names.JOB_LABEL] == label_value("n" * 200)
+    assert env_of(pods(job)["Master"])[names.ENV_JOB_NAME] == "n" * 200
 
 
 def test_scheduling_fields_and_pvcs() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.api import Phase
+from finetune_operator.api import JobPhase
 from finetune_operator.reconcile.mirror import mirrored_status
 from finetune_operator.reconcile.status import (
     condition,
@@ -35,24 +35,24 @@ def child(*active: str, **status: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("active", "phase"),
     [
-        ((), Phase.Pending),
-        (("Created",), Phase.Pending),
-        (("Created", "Running"), Phase.Running),
-        (("Created", "Restarting"), Phase.Running),
-        (("Created", "Suspended"), Phase.Suspended),
-        (("Created", "Running", "Succeeded"), Phase.Succeeded),
-        (("Created", "Running", "Failed"), Phase.Failed),
+        ((), JobPhase.Pending),
+        (("Created",), JobPhase.Pending),
+        (("Created", "Running"), JobPhase.Running),
+        (("Created", "Restarting"), JobPhase.Running),
+        (("Created", "Suspended"), JobPhase.Suspended),
+        (("Created", "Running", "Succeeded"), JobPhase.Succeeded),
+        (("Created", "Running", "Failed"), JobPhase.Failed),
     ],
 )
-def test_phase_from_child_conditions(active: tuple[str, ...], phase: Phase) -> None:
+def test_phase_from_child_conditions(active: tuple[str, ...], phase: JobPhase) -> None:
     assert phase_from_child(child(*active)) == phase
 
 
 def test_false_conditions_do_not_count() -> None:
     job = child("Created")
     job["status"]["conditions"].append({"type": "Running", "status": "False"})
-    assert phase_from_child(job) == Phase.Pending
-    assert phase_from_child(None) == Phase.Pending
+    assert phase_from_child(job) == JobPhase.Pending
+    assert phase_from_child(None) == JobPhase.Pending
 
 
 def test_mirrored_conditions_keep_kubernetes_fields_only() -> None:

@@ -13,16 +13,14 @@ from typing import Any
 
 import kopf
 
+from finetune_contract import names
 from finetune_operator.api import GROUP, PLURAL, VERSION
-from finetune_operator.children.pytorchjob import PYTORCHJOB_API_VERSION
 from finetune_operator.kube import HANDLER_THREADS
 from finetune_operator.reconcile.child import sync_child
 from finetune_operator.reconcile.common import Context
 from finetune_operator.reconcile.early_stop import Evaluator, JobIndex
 from finetune_operator.reconcile.mirror import mirror_child
 
-CHILD_GROUP, CHILD_VERSION = PYTORCHJOB_API_VERSION.split("/")
-CHILD_LABELS = {"app.kubernetes.io/managed-by": "finetune-operator"}
 ANNOTATION_PREFIX = "finetune.dev"
 
 
@@ -88,7 +86,12 @@ def job_index(memo: kopf.Memo) -> JobIndex:
     return index
 
 
-@kopf.on.event(CHILD_GROUP, CHILD_VERSION, "pytorchjobs", labels=CHILD_LABELS)
+@kopf.on.event(
+    names.PYTORCHJOB_GROUP,
+    names.PYTORCHJOB_VERSION,
+    names.PYTORCHJOB_PLURAL,
+    labels={names.MANAGED_BY_LABEL: names.MANAGED_BY},
+)
 def on_child_event(memo: kopf.Memo, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     ctx = context(memo)
     if event["type"] == "DELETED":

@@ -8,8 +8,6 @@ and queueName are applied to a running job.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,10 +18,6 @@ MUTABLE_SECTIONS = ("suspend", "earlyStopping", "queueName")
 def immutable_part(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The spec sections a running job cannot change (wire form, defaults included)."""
     return {section: spec[section] for section in IMMUTABLE_SECTIONS if section in spec}
-
-
-def fingerprint(part: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(part, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def changed_paths(old: Any, new: Any, prefix: str = "spec") -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from finetune_contract import names
 from finetune_operator.api import (
     API_VERSION,
     GROUP,
@@ -29,7 +30,7 @@ from finetune_operator.api import (
 
 Schema = dict[str, Any]
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 CRD_PATHS = (
     Path("crds/finetunejob.yaml"),
     Path("helm/finetune-operator/crds/finetunejob.yaml"),
@@ -42,7 +43,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Loss", "type": "number", "jsonPath": ".status.loss"},
     {"name": "GradNorm", "type": "number", "jsonPath": ".status.gradNorm"},
     {"name": "Verdict", "type": "string", "priority": 1, "jsonPath": ".status.earlyStopping.decision"},
-    {"name": "PyTorchJob", "type": "string", "priority": 1, "jsonPath": ".status.pytorchJobName"},
+    {"name": names.PYTORCHJOB_KIND, "type": "string", "priority": 1, "jsonPath": ".status.pytorchJobName"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema
 
+from finetune_contract import names
 from finetune_contract.schema import Rule, SpecModel
 from finetune_operator.api import quantity
 from finetune_trainer.config import Recipe
@@ -20,7 +21,7 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
-SINGULAR = "finetunejob"
+SINGULAR = KIND.lower()
 SHORT_NAMES = ("ftj",)
 MAX_NODES = 1024
 """Most pods one FineTuneJob may have; the child's name is sized for the pod names this many nodes make."""
@@ -91,9 +92,9 @@ class ResourcesSpec(SpecModel):
 
     rules = (
         Rule(
-            cel="!has(self.env) || self.env.all(e, !e.name.startsWith('FINETUNE_'))",
-            holds=lambda r: not any(var.name.startswith("FINETUNE_") for var in r.env),
-            message="env names starting with FINETUNE_ are reserved for the operator",
+            cel=f"!has(self.env) || self.env.all(e, !e.name.startsWith('{names.RESERVED_ENV_PREFIX}'))",
+            holds=lambda r: not any(var.name.startswith(names.RESERVED_ENV_PREFIX) for var in r.env),
+            message=f"env names starting with {names.RESERVED_ENV_PREFIX} are reserved for the operator",
             field="env",
         ),
         Rule(
@@ -205,7 +206,7 @@ class FineTuneJobSpec(Recipe):
         return Recipe.model_validate(self.model_dump(include=set(Recipe.model_fields)))
 
 
-class Phase(StrEnum):
+class JobPhase(StrEnum):
     Pending = "Pending"
     Running = "Running"
     Succeeded = "Succeeded"
@@ -268,7 +269,7 @@ class Verdict(SpecModel):
 class FineTuneJobStatus(SpecModel):
     """Observed state, written by the operator."""
 
-    phase: Phase | None = None
+    phase: JobPhase | None = None
     """Pending, Running, Succeeded, Failed, EarlyStopped or Suspended."""
     conditions: Annotated[list[Condition], Field(max_length=32)] = []
     """Latest observations, Kubernetes style."""

@@ -23,13 +23,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from finetune_contract import names
 from finetune_operator.api import MAX_NODES, FineTuneJob, ResourcesSpec
-from finetune_trainer.config import RECIPE_ENV, recipe_json
+from finetune_trainer.config import recipe_json
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-dev/finetune-trainer:0.1.0"
 
-PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
-PYTORCHJOB_KIND = "PyTorchJob"
 CONTAINER_NAME = "pytorch"  # the training-operator only injects its env into the container of this name
 PYTORCHJOB_PORT = 23456
 BACKOFF_LIMIT = 3
@@ -37,12 +36,7 @@ MAX_DNS_LABEL = 63
 LONGEST_POD_SUFFIX = len(f"-worker-{MAX_NODES - 2}")
 """The training-operator names pods <job>-master-0 and <job>-worker-0 ... <job>-worker-(nodes-2)."""
 
-LABEL_JOB = "finetune.dev/job-name"
-LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
-ENV_JOB_NAME = "FINETUNE_JOB_NAME"
-ENV_JOB_NAMESPACE = "FINETUNE_JOB_NAMESPACE"
-ENV_METRICS_PORT = "FINETUNE_METRICS_PORT"
-TRAINER_COMMAND = ["torchrun", "--module", "finetune_trainer"]
+TRAINER_COMMAND = ["torchrun", "--module", names.TRAINER_MODULE]
 
 Manifest = dict[str, Any]
 
@@ -64,8 +58,8 @@ def render(job: FineTuneJob, *, trainer_image: str = DEFAULT_TRAINER_IMAGE, name
     if resources.nodes > 1:
         replica_specs["Worker"] = replica_spec(job, resources.nodes - 1, trainer_image)
     return {
-        "apiVersion": PYTORCHJOB_API_VERSION,
-        "kind": PYTORCHJOB_KIND,
+        "apiVersion": names.PYTORCHJOB_API_VERSION,
+        "kind": names.PYTORCHJOB_KIND,
         "metadata": {
             "name": name,
             "namespace": job.metadata.namespace,
@@ -116,7 +110,7 @@ def selector_labels(job: FineTuneJob) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "finetune-trainer",
         "app.kubernetes.io/instance": label_value(job.metadata.name),
-        LABEL_JOB: label_value(job.metadata.name),
+        names.JOB_LABEL: label_value(job.metadata.name),
     }
 
 
@@ -125,11 +119,11 @@ def job_labels(job: FineTuneJob) -> dict[str, str]:
     labels = {
         **selector_labels(job),
         "app.kubernetes.io/component": "trainer",
-        "app.kubernetes.io/part-of": "finetune-operator",
-        "app.kubernetes.io/managed-by": "finetune-operator",
+        "app.kubernetes.io/part-of": names.MANAGED_BY,
+        names.MANAGED_BY_LABEL: names.MANAGED_BY,
     }
     if job.spec.queue_name:
-        labels[LABEL_QUEUE] = job.spec.queue_name
+        labels[names.QUEUE_LABEL] = job.spec.queue_name
     return labels
 
 
@@ -145,7 +139,7 @@ def replica_spec(job: FineTuneJob, replicas: int, trainer_image: str) -> Manifes
         "restartPolicy": "Never",
         "template": {
             "metadata": {
-                "labels": {key: value for key, value in job_labels(job).items() if key != LABEL_QUEUE},
+                "labels": {key: value for key, value in job_labels(job).items() if key != names.QUEUE_LABEL},
                 "annotations": {
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(job.spec.metrics.port),
@@ -198,10 +192,10 @@ def container_env(job: FineTuneJob) -> list[dict[str, str]]:
     user = [{"name": var.name, "value": var.value} for var in job.spec.resources.env]
     return [
         *user,
-        {"name": ENV_JOB_NAME, "value": job.metadata.name},
-        {"name": ENV_JOB_NAMESPACE, "value": job.metadata.namespace},
-        {"name": ENV_METRICS_PORT, "value": str(job.spec.metrics.port)},
-        {"name": RECIPE_ENV, "value": recipe_json(job.spec.recipe())},
+        {"name": names.ENV_JOB_NAME, "value": job.metadata.name},
+        {"name": names.ENV_JOB_NAMESPACE, "value": job.metadata.namespace},
+        {"name": names.ENV_METRICS_PORT, "value": str(job.spec.metrics.port)},
+        {"name": names.ENV_RECIPE, "value": recipe_json(job.spec.recipe())},
     ]
 
 

@@ -36,19 +36,10 @@ from dataclasses import asdict, dataclass
 from itertools import islice, pairwise
 from typing import Any, Literal
 
+from finetune_contract.records import StepRecord
 from finetune_operator.api import EarlyStoppingSpec, Verdict
 
 Metric = Literal["loss", "gradNorm"]
-
-
-@dataclass(frozen=True)
-class Point:
-    """One observation of one optimizer step; `time` is when it was observed (unix seconds), for staleness."""
-
-    step: int
-    loss: float | None
-    grad_norm: float | None
-    time: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +78,7 @@ class _Check:
 
 
 def evaluate(
-    series: Sequence[Point],
+    series: Sequence[StepRecord],
     spec: EarlyStoppingSpec,
     *,
     now: float | None = None,
@@ -100,7 +91,7 @@ def evaluate(
 
 
 def _decide(
-    points: Mapping[int, Point], spec: EarlyStoppingSpec, now: float | None, stale_after: float | None
+    points: Mapping[int, StepRecord], spec: EarlyStoppingSpec, now: float | None, stale_after: float | None
 ) -> _Outcome:
     if not spec.enabled:
         return _Outcome("unknown", "Disabled", "early stopping is disabled")
@@ -137,9 +128,9 @@ def _decide(
     return checks if isinstance(checks, _Outcome) else _verdict(checks, first, newest.step)
 
 
-def _resolve(series: Sequence[Point]) -> dict[int, Point]:
+def _resolve(series: Sequence[StepRecord]) -> dict[int, StepRecord]:
     """Points at step >= 1, one per step (the latest observation), in step order."""
-    kept: dict[int, Point] = {}
+    kept: dict[int, StepRecord] = {}
     for point in series:
         held = kept.get(point.step)
         if point.step >= 1 and (held is None or _recency(point) > _recency(held)):
@@ -147,7 +138,7 @@ def _resolve(series: Sequence[Point]) -> dict[int, Point]:
     return dict(sorted(kept.items()))
 
 
-def _recency(point: Point) -> tuple[tuple[int, float, float], ...]:
+def _recency(point: StepRecord) -> tuple[tuple[int, float, float], ...]:
     """Later `time` first; then a fixed, total order on the values so duplicates resolve the same in any order."""
     return (_rank(point.time), _rank(point.loss), _rank(point.grad_norm))
 
@@ -158,11 +149,11 @@ def _rank(value: float | None) -> tuple[int, float, float]:
     return (2, value, math.copysign(1.0, value))
 
 
-def _value(point: Point | None, metric: Metric) -> float | None:
+def _value(point: StepRecord | None, metric: Metric) -> float | None:
     return None if point is None else point.loss if metric == "loss" else point.grad_norm
 
 
-def _first_non_finite(points: Mapping[int, Point]) -> tuple[Point, Metric, float] | None:
+def _first_non_finite(points: Mapping[int, StepRecord]) -> tuple[StepRecord, Metric, float] | None:
     """The earliest NaN/Inf: where the run went wrong (the trainer skips such steps; later ones may look fine)."""
     for point in points.values():
         for metric in ("loss", "gradNorm"):
@@ -172,7 +163,7 @@ def _first_non_finite(points: Mapping[int, Point]) -> tuple[Point, Metric, float
     return None
 
 
-def _staleness(newest: Point, now: float | None, stale_after: float | None) -> _Outcome | None:
+def _staleness(newest: StepRecord, now: float | None, stale_after: float | None) -> _Outcome | None:
     """Unknown when the newest step was observed too long ago: a hung trainer is not judged on old data."""
     if now is None or stale_after is None:
         return None
@@ -194,7 +185,7 @@ def _needed_metrics(spec: EarlyStoppingSpec) -> Iterator[Metric]:
         yield "gradNorm"
 
 
-def observation_stride(points: Mapping[int, Point]) -> int:
+def observation_stride(points: Mapping[int, StepRecord]) -> int:
     """How many optimizer steps usually pass between two observations: 1 when every step is seen.
 
     Prometheus scrapes on a clock, not per step: a fast trainer is seen every few steps. Then the window is the
@@ -232,7 +223,7 @@ def _hole(values: list[float | None], metric: Metric, first: int, last: int) -> 
     return None
 
 
-def _initial_loss(points: Mapping[int, Point], count: int) -> tuple[float, int, int] | None:
+def _initial_loss(points: Mapping[int, StepRecord], count: int) -> tuple[float, int, int] | None:
     """Median of the first `count` finite losses, and the steps they span; None while there are fewer."""
     finite = ((step, p.loss) for step, p in points.items() if p.loss is not None and math.isfinite(p.loss))
     early = list(islice(finite, count))
@@ -240,7 +231,7 @@ def _initial_loss(points: Mapping[int, Point], count: int) -> tuple[float, int, 
 
 
 def _checks(
-    spec: EarlyStoppingSpec, medians: Mapping[Metric, float], points: Mapping[int, Point]
+    spec: EarlyStoppingSpec, medians: Mapping[Metric, float], points: Mapping[int, StepRecord]
 ) -> list[_Check] | _Outcome:
     """The set rules, in the order they win: divergence, maxGradNorm, minLoss."""
     checks: list[_Check] = []

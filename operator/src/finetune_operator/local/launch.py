@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from finetune_contract import names
 from finetune_operator.api import FineTuneJob
 from finetune_operator.api.validation import FieldError
 
@@ -55,21 +56,21 @@ def cuda_device_count(gpus_per_node: int) -> int:
 
 def launch_for(job: FineTuneJob, recipe_path: Path, output: Path, port: int, processes: int) -> Launch:
     """The trainer's command line and environment: the same contract env the operator puts in the pod."""
-    trainer = ["--module", "finetune_trainer", "--recipe", str(recipe_path)]
+    trainer = ["--module", names.TRAINER_MODULE, "--recipe", str(recipe_path)]
     if processes > 1:  # torchrun itself, run by this interpreter so the venv's torch is the one used
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
         command += trainer
     else:
-        command = [sys.executable, "-m", "finetune_trainer", "--recipe", str(recipe_path)]
+        command = [sys.executable, "-m", names.TRAINER_MODULE, "--recipe", str(recipe_path)]
     env = dict(os.environ)
     env.update({var.name: var.value for var in job.spec.resources.env})
     env.update(
         {
-            "FINETUNE_OUTPUT_DIR": str(output),
-            "FINETUNE_METRICS_PORT": str(port),
-            "FINETUNE_METRICS_ADDR": METRICS_ADDR,
-            "FINETUNE_JOB_NAME": job.metadata.name,
-            "FINETUNE_JOB_NAMESPACE": NAMESPACE,
+            names.ENV_OUTPUT_DIR: str(output),
+            names.ENV_METRICS_PORT: str(port),
+            names.ENV_METRICS_ADDR: METRICS_ADDR,
+            names.ENV_JOB_NAME: job.metadata.name,
+            names.ENV_JOB_NAMESPACE: NAMESPACE,
         }
     )
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT_SECONDS)

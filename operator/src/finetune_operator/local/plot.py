@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from finetune_contract.records import StepRecord
 from finetune_operator.api import EarlyStoppingSpec, Verdict
-from finetune_operator.local.report import Step, initial_loss
+from finetune_operator.local.report import initial_loss
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -35,7 +36,7 @@ class Marks:
     stop_window: tuple[int, int] | None = None
 
 
-def marks_for(steps: Sequence[Step], spec: EarlyStoppingSpec, stop: Verdict | None) -> Marks:
+def marks_for(steps: Sequence[StepRecord], spec: EarlyStoppingSpec, stop: Verdict | None) -> Marks:
     """The thresholds the policy judged this run by (the divergence line needs the initial loss, as the policy)."""
     reference = initial_loss(steps, spec)
     divergence = None if spec.divergence_factor is None or reference is None else spec.divergence_factor * reference
@@ -57,7 +58,7 @@ def marks_for(steps: Sequence[Step], spec: EarlyStoppingSpec, stop: Verdict | No
     )
 
 
-def write_plot(steps: Sequence[Step], marks: Marks, path: Path, title: str) -> Path:
+def write_plot(steps: Sequence[StepRecord], marks: Marks, path: Path, title: str) -> Path:
     """Render the three panels to a PNG at `path` (written whole under a temporary name, then renamed)."""
     import matplotlib
 
@@ -112,11 +113,11 @@ def _hline(axis: Axes, value: float | None, label: str, color: str) -> None:
         axis.axhline(value, color=color, linestyle="--", label=label)
 
 
-def _finite(value: float) -> float:
-    """NaN/Inf as a gap in the line (an infinite point would wreck the axis limits)."""
-    return value if math.isfinite(value) else math.nan
+def _finite(value: float | None) -> float:
+    """NaN/Inf (or unobserved) as a gap in the line (an infinite point would wreck the axis limits)."""
+    return value if value is not None and math.isfinite(value) else math.nan
 
 
-def _positive(value: float) -> float:
+def _positive(value: float | None) -> float:
     """A log axis cannot show zero or a non-finite norm: those steps become gaps."""
-    return value if math.isfinite(value) and value > 0 else math.nan
+    return value if value is not None and math.isfinite(value) and value > 0 else math.nan

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from finetune_contract.records import KIND, KIND_EVENT, StepRecord, is_step
 from finetune_operator.api import EarlyStoppingSpec, Verdict
-from finetune_operator.decisions.policy import Point
 
 RATE_WINDOW = 5
 """Steps the progress line's tokens/s averages over: one step alone jumps with every scheduler hiccup."""
@@ -36,33 +36,6 @@ EXIT_CODES = {Outcome.Succeeded: 0, Outcome.EarlyStopped: 0, Outcome.Failed: 1, 
 """130 = 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C."""
 
 
-@dataclass(frozen=True)
-class Step:
-    """The part of one trainer "step" record that local mode shows, plots and judges."""
-
-    step: int
-    total_steps: int
-    loss: float
-    grad_norm: float
-    learning_rate: float
-    tokens: int
-    duration: float
-    time: float
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> Step:
-        return cls(
-            step=int(record["step"]),
-            total_steps=int(record.get("total_steps", 0)),
-            loss=float(record["loss"]),
-            grad_norm=float(record["grad_norm"]),
-            learning_rate=float(record.get("learning_rate", math.nan)),
-            tokens=int(record.get("tokens", 0)),
-            duration=float(record.get("step_duration_seconds", 0.0)),
-            time=float(record.get("time", 0.0)),
-        )
-
-
 @dataclass
 class RunState:
     """Everything seen so far: steps by number (a re-logged step replaces the old one), events in order.
@@ -72,18 +45,17 @@ class RunState:
     initial loss and the plot cover the whole run.
     """
 
-    steps: dict[int, Step] = field(default_factory=dict)
-    session: list[Step] = field(default_factory=list)
+    steps: dict[int, StepRecord] = field(default_factory=dict)
+    session: list[StepRecord] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, record: Mapping[str, Any]) -> Step | None:
+    def add(self, record: Mapping[str, Any]) -> StepRecord | None:
         """Take one record; returns the step when it was a step record (the caller then judges the run)."""
-        kind = record.get("kind")
-        if kind == "event":
+        if record.get(KIND) == KIND_EVENT:
             self.events.append(dict(record))
-        if kind != "step":
+        if not is_step(record):
             return None
-        step = Step.from_record(record)
+        step = StepRecord.from_json(record)
         self.steps[step.step] = step
         self.session.append(step)
         return step
@@ -91,19 +63,16 @@ class RunState:
     def seed(self, history: Iterable[Mapping[str, Any]], up_to: int) -> None:
         """Earlier attempts' steps up to the resume point (the latest line per step wins, like the policy's)."""
         for record in history:
-            if record.get("kind") == "step" and int(record["step"]) <= up_to:
-                step = Step.from_record(record)
+            if is_step(record) and int(record["step"]) <= up_to:
+                step = StepRecord.from_json(record)
                 held = self.steps.get(step.step)
-                if held is None or held.time <= step.time:
+                if held is None or (held.time or 0.0) <= (step.time or 0.0):
                     self.steps[step.step] = step
 
-    def points(self) -> list[Point]:
-        return [Point(s.step, s.loss, s.grad_norm, s.time) for s in self.steps.values()]
-
-    def ordered(self) -> list[Step]:
+    def ordered(self) -> list[StepRecord]:
         return [self.steps[number] for number in sorted(self.steps)]
 
-    def latest(self) -> Step | None:
+    def latest(self) -> StepRecord | None:
         return self.steps[max(self.steps)] if self.steps else None
 
     def event(self, name: str) -> dict[str, Any] | None:
@@ -113,7 +82,7 @@ class RunState:
     def tokens_per_second(self, last: int | None = None) -> float | None:
         """Loss-counted tokens per second of training-step time (setup and checkpoints excluded)."""
         steps = self.session[-last:] if last else self.session
-        seconds = sum(s.duration for s in steps)
+        seconds = sum(s.step_duration_seconds for s in steps)
         return sum(s.tokens for s in steps) / seconds if seconds > 0 else None
 
     def eta_seconds(self) -> float | None:
@@ -122,13 +91,14 @@ class RunState:
         if latest is None or len(self.session) < 2:
             return None
         first, last = self.session[0], self.session[-1]
-        per_step = (last.time - first.time) / max(last.step - first.step, 1)
+        per_step = ((last.time or 0.0) - (first.time or 0.0)) / max(last.step - first.step, 1)
         return max(latest.total_steps - latest.step, 0) * per_step
 
 
-def initial_loss(steps: Iterable[Step], spec: EarlyStoppingSpec) -> float | None:
+def initial_loss(steps: Iterable[StepRecord], spec: EarlyStoppingSpec) -> float | None:
     """The divergence rule's reference, as the policy computes it: median of the first windowSteps finite losses."""
-    finite = [s.loss for s in sorted(steps, key=lambda s: s.step) if math.isfinite(s.loss)][: spec.window_steps]
+    ordered = sorted(steps, key=lambda s: s.step)
+    finite = [s.loss for s in ordered if s.loss is not None and math.isfinite(s.loss)][: spec.window_steps]
     return statistics.median(finite) if len(finite) == spec.window_steps else None
 
 

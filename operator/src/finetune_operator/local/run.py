@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from finetune_contract.checkpoints import FINAL_DIR, METRICS_FILE, latest_checkpoint
 from finetune_operator.api import FineTuneJob, Verdict
 from finetune_operator.api.validation import InvalidInputError
 from finetune_operator.decisions.policy import evaluate
@@ -42,7 +42,6 @@ from finetune_trainer.config import recipe_json
 
 RUNS_DIR = Path("runs")
 POLL_SECONDS = 0.2
-CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -107,16 +106,6 @@ class Display:
             self.drawn = False
 
 
-def latest_checkpoint(output: Path) -> Path | None:
-    """The newest complete `checkpoint-N/` (with its COMPLETE marker), as the trainer would resume from."""
-    found = []
-    for path in output.glob("checkpoint-*"):
-        match = CHECKPOINT_DIR.match(path.name)
-        if match and (path / "COMPLETE").is_file():
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
-
-
 def run_local(
     job: FineTuneJob,
     *,
@@ -137,7 +126,7 @@ def run_local(
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = out_dir / "recipe.json"
     recipe_path.write_text(recipe_json(job.spec.recipe()) + "\n", encoding="utf-8")
-    metrics_path, log_path = out_dir / "metrics.jsonl", out_dir / "trainer.log"
+    metrics_path, log_path = out_dir / METRICS_FILE, out_dir / "trainer.log"
     history = read_records(metrics_path)
     follower = Follower(metrics_path, metrics_path.stat().st_size if metrics_path.is_file() else 0)
 
@@ -188,7 +177,8 @@ def run_local(
     outcome = decide(process.returncode, stopper.stopped_by, state)
     if outcome is Outcome.Failed:
         display.note(log_tail(log_path))
-    checkpoint = out_dir / "final" if outcome is Outcome.Succeeded else latest_checkpoint(out_dir)
+    resume = latest_checkpoint(out_dir)
+    checkpoint = out_dir / FINAL_DIR if outcome is Outcome.Succeeded else (resume.path if resume else None)
     summary = Summary(
         name=job.metadata.name,
         outcome=outcome,
@@ -218,7 +208,7 @@ def follow(
         if record.get("kind") == "event" and record.get("event") == "resumed":
             state.seed(history, int(record.get("step", 0)))
         if state.add(record) is not None and (verdict is None or verdict.decision != "stop"):
-            verdict = evaluate(state.points(), job.spec.early_stopping)
+            verdict = evaluate(list(state.steps.values()), job.spec.early_stopping)
     return verdict
 
 

@@ -6,9 +6,11 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from finetune_contract import names
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "EarlyStopped", "Suspended")
 P = ParamSpec("P")
@@ -48,13 +50,13 @@ class OperatorMetrics:
         self.thresholds = Gauge(
             "finetune_operator_job_threshold",
             "Early-stopping thresholds in force for a running job (rule maxGradNorm or minLoss); absent when unset.",
-            ["namespace", "finetunejob", "rule"],
+            [names.LABEL_NAMESPACE, names.LABEL_JOB, "rule"],
             registry=self.registry,
         )
         self.stopped = Gauge(
             "finetune_operator_job_early_stopped",
             "1 for a job the early-stopping policy stopped, labelled with the rule that fired.",
-            ["namespace", "finetunejob", "rule"],
+            [names.LABEL_NAMESPACE, names.LABEL_JOB, "rule"],
             registry=self.registry,
         )
         self._job_series: dict[tuple[str, str], set[tuple[Gauge, str]]] = {}
@@ -134,7 +136,3 @@ class OperatorMetrics:
             return wrapper
 
         return decorate
-
-
-def noop(*_: Any, **__: Any) -> None:
-    return None

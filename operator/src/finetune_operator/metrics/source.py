@@ -24,16 +24,17 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from finetune_operator.decisions.policy import Point
+from finetune_contract import names
+from finetune_contract.records import StepRecord
 
 SERIES = {
-    "step": "finetune_optimizer_step",
-    "loss": "finetune_train_loss",
-    "grad_norm": "finetune_grad_norm",
-    "learning_rate": "finetune_learning_rate",
-    "total_steps": "finetune_total_steps",
+    "step": names.METRIC_STEP,
+    "loss": names.METRIC_LOSS,
+    "grad_norm": names.METRIC_GRAD_NORM,
+    "learning_rate": names.METRIC_LEARNING_RATE,
+    "total_steps": names.METRIC_TOTAL_STEPS,
 }
-TOKENS = "finetune_tokens_total"
+TOKENS = names.METRIC_TOKENS + names.COUNTER_SUFFIX
 
 
 class MetricsUnavailableError(RuntimeError):
@@ -44,33 +45,33 @@ class MetricsUnavailableError(RuntimeError):
 class JobMetrics:
     """What one read of a job's metrics yields: per-step points plus the latest values for status."""
 
-    points: list[Point]
+    points: list[StepRecord]
     learning_rate: float | None = None
     tokens_per_second: float | None = None
     total_steps: int | None = None
 
     @property
-    def latest(self) -> Point | None:
+    def latest(self) -> StepRecord | None:
         return max(self.points, key=lambda point: point.step) if self.points else None
 
 
 def selector(namespace: str, name: str) -> str:
-    return f'{{finetunejob="{name}",namespace="{namespace}"}}'
+    return f'{{{names.LABEL_JOB}="{name}",{names.LABEL_NAMESPACE}="{namespace}"}}'
 
 
-def join_points(samples: dict[str, list[tuple[float, float]]]) -> list[Point]:
+def join_points(samples: dict[str, list[tuple[float, float]]]) -> list[StepRecord]:
     """Join per-series (timestamp, value) samples on timestamp into points, one per optimizer step (latest)."""
     by_time: dict[float, dict[str, float]] = {}
     for key, values in samples.items():
         for timestamp, value in values:
             by_time.setdefault(round(timestamp, 3), {})[key] = value
-    by_step: dict[int, Point] = {}
+    by_step: dict[int, StepRecord] = {}
     for timestamp in sorted(by_time):
         row = by_time[timestamp]
         step = row.get("step")
         if step is None or not math.isfinite(step) or step < 1:
             continue
-        by_step[int(step)] = Point(int(step), row.get("loss"), row.get("grad_norm"), timestamp)
+        by_step[int(step)] = StepRecord(int(step), row.get("loss"), row.get("grad_norm"), timestamp)
     return [by_step[step] for step in sorted(by_step)]
 
 
@@ -121,7 +122,7 @@ class ScrapeSource:
 
     timeout_seconds: float = 5.0
     window: int = 2048
-    _points: dict[tuple[str, str], deque[Point]] = field(default_factory=dict)
+    _points: dict[tuple[str, str], deque[StepRecord]] = field(default_factory=dict)
     _tokens: dict[tuple[str, str], deque[tuple[float, float]]] = field(default_factory=dict)
 
     def fetch(self, namespace: str, name: str, url: str, now: float | None = None) -> JobMetrics:
@@ -131,7 +132,7 @@ class ScrapeSource:
         points = self._points.setdefault(key, deque(maxlen=self.window))
         step = values.get(SERIES["step"])
         if step is not None and step >= 1 and (not points or int(step) > points[-1].step):
-            points.append(Point(int(step), values.get(SERIES["loss"]), values.get(SERIES["grad_norm"]), observed))
+            points.append(StepRecord(int(step), values.get(SERIES["loss"]), values.get(SERIES["grad_norm"]), observed))
         tokens = self._tokens.setdefault(key, deque(maxlen=64))
         if TOKENS in values:
             tokens.append((observed, values[TOKENS]))
@@ -153,7 +154,7 @@ class ScrapeSource:
                 text = response.read().decode()
         except (OSError, urllib.error.URLError) as error:
             raise MetricsUnavailableError(f"scraping {url}: {error}") from error
-        wanted = {"finetunejob": name, "namespace": namespace}
+        wanted = {names.LABEL_JOB: name, names.LABEL_NAMESPACE: namespace}
         values: dict[str, float] = {}
         try:
             for family in text_string_to_metric_families(text):

@@ -13,9 +13,10 @@ from typing import Any, NoReturn
 
 import kopf
 
-from finetune_operator.api import FineTuneJob, Phase, changes
+from finetune_contract import names
+from finetune_operator.api import FineTuneJob, JobPhase, changes
 from finetune_operator.api.validation import InvalidInputError, validate_manifest
-from finetune_operator.children.pytorchjob import LABEL_QUEUE, render
+from finetune_operator.children.pytorchjob import render
 from finetune_operator.kube import ApiException, is_status, owned_by, owner_reference
 from finetune_operator.reconcile import status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
@@ -114,7 +115,7 @@ def wait_for_foreign_child(ctx: Context, job: Manifest, child: Manifest) -> NoRe
         current = status_of(current_job)
         out: Manifest = {"conditions": status.merge_conditions(current.get("conditions") or [], [conflict])}
         if current.get("phase") is None:
-            out["phase"] = str(Phase.Pending)
+            out["phase"] = str(JobPhase.Pending)
         return out
 
     update_status(ctx, job["metadata"]["namespace"], job["metadata"]["name"], change, known=job)
@@ -156,8 +157,8 @@ def apply_mutable(ctx: Context, child: Manifest, model: FineTuneJob) -> None:
     if bool(child["spec"].get("runPolicy", {}).get("suspend", False)) != model.spec.suspend:
         patch["spec"] = {"runPolicy": {"suspend": model.spec.suspend}}
     labels = child["metadata"].get("labels") or {}
-    if labels.get(LABEL_QUEUE) != model.spec.queue_name:
-        patch["metadata"] = {"labels": {LABEL_QUEUE: model.spec.queue_name}}
+    if labels.get(names.QUEUE_LABEL) != model.spec.queue_name:
+        patch["metadata"] = {"labels": {names.QUEUE_LABEL: model.spec.queue_name}}
     if patch:
         ctx.kube.patch_child(child["metadata"]["namespace"], child["metadata"]["name"], patch)
 
@@ -213,7 +214,7 @@ def mark_invalid(ctx: Context, job: Manifest, reason: str, message: str) -> None
         current = status_of(current_job)
         invalid = status.condition(INVALID_SPEC, True, reason, message, generation)
         return {
-            "phase": str(Phase.Failed),
+            "phase": str(JobPhase.Failed),
             "observedGeneration": generation,
             "conditions": status.merge_conditions(current.get("conditions") or [], [invalid]),
         }

@@ -91,12 +91,8 @@ def _detail(changes: Manifest) -> str:
 def post_event(ctx: Context, job: Manifest, kind: str, reason: str, message: str) -> None:
     """A Kubernetes Event on the FineTuneJob. Written through the API (not Kopf's queue) so the early-stopping
     thread can post too; a failure to post is logged, never allowed to fail the reconcile."""
-    _post_now(ctx.kube, job, kind, reason, message)
-
-
-def _post_now(kube: Kube, job: Manifest, kind: str, reason: str, message: str) -> None:
     try:
-        kube.create_event(job, kind, reason, message)
+        ctx.kube.create_event(job, kind, reason, message)
     except ApiException as error:
         logger.warning("could not post event %s on %s: %s", reason, job["metadata"].get("name"), error.reason)
 

@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from finetune_operator.api import EarlyStoppingSpec, FineTuneJob, Phase, Verdict
+from finetune_contract import names
+from finetune_operator.api import EarlyStoppingSpec, FineTuneJob, JobPhase, Verdict
 from finetune_operator.children.pytorchjob import child_name
 from finetune_operator.decisions.policy import evaluate
 from finetune_operator.metrics.source import JobMetrics, MetricsUnavailableError, PrometheusSource, ScrapeSource
@@ -27,7 +28,6 @@ from finetune_operator.reconcile.common import Context, Manifest, post_event, st
 from finetune_operator.reconcile.pod_creation import check_pod_creation
 
 logger = logging.getLogger("finetune_operator.reconcile.early_stop")
-MASTER_LABEL = "training.kubeflow.org/replica-type"
 MAX_BACKOFF_SECONDS = 60.0
 STALE_AFTER_SECONDS = 600.0
 
@@ -103,11 +103,11 @@ class Evaluator:
         for job in jobs:
             key = (job["metadata"]["namespace"], job["metadata"]["name"])
             phase = status_of(job).get("phase")
-            if phase == Phase.EarlyStopped:
+            if phase == JobPhase.EarlyStopped:
                 if (*key, job["metadata"].get("uid", "")) not in self._stopped:
                     self._finish_stop(job)
                 continue
-            if phase != Phase.Running:
+            if phase != JobPhase.Running:
                 self._due.pop(key, None)
                 continue
             if now >= self._due.get(key, 0.0):
@@ -154,7 +154,7 @@ class Evaluator:
         for pod in self.ctx.kube.child_pods(model.metadata.namespace, child):
             labels = pod["metadata"].get("labels") or {}
             address = (pod.get("status") or {}).get("podIP")
-            if labels.get(MASTER_LABEL, "").lower() == "master" and address:
+            if labels.get(names.TRAINING_OPERATOR_REPLICA_LABEL, "").lower() == "master" and address:
                 return f"http://{address}:{model.spec.metrics.port}/metrics"
         raise MetricsUnavailableError(f"no running Master pod with an IP for PyTorchJob {child}")
 
@@ -211,7 +211,7 @@ class Evaluator:
         def change(current_job: Manifest) -> Manifest:
             current = status_of(current_job)
             return {
-                "phase": str(Phase.EarlyStopped),
+                "phase": str(JobPhase.EarlyStopped),
                 "earlyStopping": verdict.to_wire(),
                 "completionTime": status.now(),
                 "conditions": status.merge_conditions(current.get("conditions") or [], [stopped]),

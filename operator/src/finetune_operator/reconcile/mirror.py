@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from finetune_operator.api import Phase
+from finetune_operator.api import JobPhase
 from finetune_operator.kube import parent_of
 from finetune_operator.reconcile import pod_creation, status
 from finetune_operator.reconcile.common import Context, Manifest, status_of, update_status
@@ -20,7 +20,7 @@ def mirror_child(ctx: Context, child: Manifest, cached: Callable[[str, str], Man
         return
     namespace, name, uid = parent
     details = ""
-    if status.phase_from_child(child) == Phase.Failed:
+    if status.phase_from_child(child) == JobPhase.Failed:
         details = status.failure_details(ctx.kube.child_pods(namespace, child["metadata"]["name"]))
 
     def change(job: Manifest) -> Manifest | None:
@@ -33,11 +33,11 @@ def mirror_child(ctx: Context, child: Manifest, cached: Callable[[str, str], Man
 
 def mirrored_status(current: Manifest, child: Manifest, details: str) -> Manifest:
     """The status fields the child determines (pure)."""
-    if current.get("phase") == str(Phase.EarlyStopped):
+    if current.get("phase") == str(JobPhase.EarlyStopped):
         return {}  # the operator ended this run; the child's last words do not change that
     phase = status.phase_from_child(child)
     conditions = status.with_failure_details(status.mirrored_conditions(child), details)
-    if phase != Phase.Pending and pod_creation.CONDITION in status.true_types(current.get("conditions") or []):
+    if phase != JobPhase.Pending and pod_creation.CONDITION in status.true_types(current.get("conditions") or []):
         conditions.append(status.condition(pod_creation.CONDITION, False, "PodsCreated", ""))
     out: Manifest = {
         "phase": str(phase),
@@ -47,6 +47,6 @@ def mirrored_status(current: Manifest, child: Manifest, details: str) -> Manifes
     child_status = child.get("status") or {}
     if child_status.get("startTime"):
         out["startTime"] = child_status["startTime"]
-    if phase in (Phase.Succeeded, Phase.Failed):
+    if phase in (JobPhase.Succeeded, JobPhase.Failed):
         out["completionTime"] = child_status.get("completionTime") or current.get("completionTime") or status.now()
     return out

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from finetune_operator.api import Phase
+from finetune_operator.api import JobPhase
 from finetune_operator.reconcile import status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
 
@@ -65,7 +65,7 @@ def check_pod_creation(ctx: Context, jobs: Iterable[Manifest], now: datetime | N
     pending = [
         job
         for job in jobs
-        if status_of(job).get("phase") == str(Phase.Pending) and status_of(job).get("pytorchJobName")
+        if status_of(job).get("phase") == str(JobPhase.Pending) and status_of(job).get("pytorchJobName")
     ]
     if not pending:
         return
@@ -84,7 +84,7 @@ def check_pod_creation(ctx: Context, jobs: Iterable[Manifest], now: datetime | N
 
 def _write(ctx: Context, job: Manifest, update: Manifest) -> None:
     def change(current_job: Manifest) -> Manifest | None:
-        if status_of(current_job).get("phase") != str(Phase.Pending):
+        if status_of(current_job).get("phase") != str(JobPhase.Pending):
             return None  # moved on meanwhile (the mirror clears the condition when pods run)
         conditions = status.merge_conditions(status_of(current_job).get("conditions") or [], [update])
         return {"conditions": conditions}

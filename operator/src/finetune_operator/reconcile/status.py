@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from finetune_operator.api import Phase
+from finetune_operator.api import JobPhase
 
 CHILD_CONDITION_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Suspended", "Failed")
-TERMINAL_PHASES = (Phase.Succeeded, Phase.Failed, Phase.EarlyStopped)
+TERMINAL_PHASES = (JobPhase.Succeeded, JobPhase.Failed, JobPhase.EarlyStopped)
 Condition = dict[str, Any]
 
 
@@ -27,21 +27,21 @@ def true_types(conditions: Iterable[Mapping[str, Any]]) -> set[str]:
     return {str(condition.get("type")) for condition in conditions if condition.get("status") == "True"}
 
 
-def phase_from_child(child: Mapping[str, Any] | None) -> Phase:
+def phase_from_child(child: Mapping[str, Any] | None) -> JobPhase:
     """The phase a PyTorchJob's conditions imply: terminal first, then suspended, running, pending."""
     if child is None:
-        return Phase.Pending
+        return JobPhase.Pending
     active = true_types(child.get("status", {}).get("conditions") or [])
     for condition_type, phase in (
-        ("Succeeded", Phase.Succeeded),
-        ("Failed", Phase.Failed),
-        ("Suspended", Phase.Suspended),
-        ("Running", Phase.Running),
-        ("Restarting", Phase.Running),
+        ("Succeeded", JobPhase.Succeeded),
+        ("Failed", JobPhase.Failed),
+        ("Suspended", JobPhase.Suspended),
+        ("Running", JobPhase.Running),
+        ("Restarting", JobPhase.Running),
     ):
         if condition_type in active:
             return phase
-    return Phase.Pending
+    return JobPhase.Pending
 
 
 def mirrored_conditions(child: Mapping[str, Any]) -> list[Condition]:
