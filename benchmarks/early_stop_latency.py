@@ -29,7 +29,7 @@ from finetune_contract.records import StepRecord  # noqa: E402
 from finetune_operator.kube import Kube  # noqa: E402
 from finetune_trainer.metrics import Identity, PrometheusLogger  # noqa: E402
 from tests.cluster.controlplane import start_gpu_cluster  # noqa: E402
-from tests.integration.test_metrics_source import start_prometheus  # noqa: E402
+from tests.operator.metrics.test_source import start_prometheus  # noqa: E402
 from tests.trainer.test_metrics import free_port  # noqa: E402
 
 

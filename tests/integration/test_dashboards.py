@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from finetune_operator.metrics.operator import OperatorMetrics
-from tests.integration.test_metrics_source import start_prometheus
+from tests.operator.metrics.test_source import start_prometheus
 from tests.trainer.test_metrics import free_port
 from tests.trainer.test_trainer import finish, launch, recipe
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -117,22 +118,51 @@ class OperatorMetrics:
             except KeyError:
                 continue
 
-    def instrumented(self, handler: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-        """Count, time and count the failures of a reconcile function."""
+    @contextlib.contextmanager
+    def timed(self, handler: str) -> Iterator[None]:
+        """Count, time and count the failures of one handler call."""
+        self.reconciles.labels(handler=handler).inc()
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception:
+            self.errors.labels(handler=handler).inc()
+            raise
+        finally:
+            self.latency.labels(handler=handler).observe(time.perf_counter() - started)
 
-        def decorate(function: Callable[P, R]) -> Callable[P, R]:
-            @functools.wraps(function)
-            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-                self.reconciles.labels(handler=handler).inc()
-                started = time.perf_counter()
-                try:
-                    return function(*args, **kwargs)
-                except Exception:
-                    self.errors.labels(handler=handler).inc()
-                    raise
-                finally:
-                    self.latency.labels(handler=handler).observe(time.perf_counter() - started)
+    def observe_job(self, event_type: str | None, job: Mapping[str, Any]) -> None:
+        """Every watch event of a FineTuneJob: its phase counts, whatever the reconcile does with it (after a
+        restart, jobs that ended long ago get no status write, yet belong in finetune_operator_jobs{phase})."""
+        metadata = job.get("metadata") or {}
+        namespace, name = metadata.get("namespace"), metadata.get("name")
+        if not namespace or not name:
+            return
+        if event_type == "DELETED":
+            self.record_phase(namespace, name, None)
+            return
+        phase = (job.get("status") or {}).get("phase")
+        if phase:
+            self.record_phase(namespace, name, str(phase))
 
-            return wrapper
 
-        return decorate
+class HasMetrics(Protocol):
+    metrics: OperatorMetrics
+
+
+C = TypeVar("C", bound=HasMetrics)
+
+
+def instrumented(handler: str) -> Callable[[Callable[Concatenate[C, P], R]], Callable[Concatenate[C, P], R]]:
+    """Count, time and count the failures of a reconcile function, labelled `handler`; its first argument is the
+    reconcile Context (anything with `.metrics`)."""
+
+    def decorate(function: Callable[Concatenate[C, P], R]) -> Callable[Concatenate[C, P], R]:
+        @functools.wraps(function)
+        def wrapper(ctx: C, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            with ctx.metrics.timed(handler):
+                return function(ctx, *args, **kwargs)
+
+        return wrapper
+
+    return decorate

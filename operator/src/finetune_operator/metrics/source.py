@@ -37,6 +37,23 @@ SERIES = {
 TOKENS = names.METRIC_TOKENS + names.COUNTER_SUFFIX
 
 
+@dataclass(frozen=True)
+class MetricsSourceChoice:
+    """Where a job's metrics are read: a Prometheus (the job's own, else the operator's), or the pod directly."""
+
+    prometheus_url: str | None
+
+    @property
+    def unavailable_reason(self) -> str:
+        """The MetricsUnavailable condition's reason when this source fails."""
+        return "PrometheusUnavailable" if self.prometheus_url else "ScrapeFailed"
+
+
+def choose_source(job_prometheus_url: str | None, operator_prometheus_url: str | None) -> MetricsSourceChoice:
+    """The one place that decides: spec.metrics.prometheusUrl, else --prometheus-url, else a direct scrape."""
+    return MetricsSourceChoice(job_prometheus_url or operator_prometheus_url or None)
+
+
 class MetricsUnavailableError(RuntimeError):
     """The metrics could not be read (down, slow, malformed); the verdict is unknown, never stop."""
 

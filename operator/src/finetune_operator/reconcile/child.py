@@ -42,9 +42,9 @@ def sync_child(ctx: Context, job: Manifest) -> None:
     rendered = render(model, trainer_image=ctx.config.trainer_image, name=recorded)
     # A job whose status names no child yet (a new one) has none, almost always: create straight away (a 409
     # adopts one that exists) instead of a GET that answers 404 first.
-    never_created = not recorded and not _finished(job)
+    never_created = not recorded and not is_finished(job)
     child = None if never_created else ctx.kube.get_child(namespace, rendered["metadata"]["name"])
-    if child is None and _finished(job):
+    if child is None and is_finished(job):
         return  # ended (e.g. early-stopped): never resurrect its training
     if child is None:
         child = create_or_adopt(ctx, job, model, rendered)
@@ -107,7 +107,7 @@ def wait_for_foreign_child(ctx: Context, job: Manifest, child: Manifest) -> NoRe
             "it is left alone, and this job's training starts once it is deleted"
         )
     generation = job["metadata"].get("generation")
-    conflict = status.condition(CHILD_CONFLICT, True, reason, message, generation)
+    conflict = status.condition(CHILD_CONFLICT, True, reason, message, ctx.now(), generation)
     if (CHILD_CONFLICT, "True", reason) not in _condition_keys(status_of(job)):
         post_event(ctx, job, "Warning" if reason == "ChildNameTaken" else "Normal", reason, message)
 
@@ -174,17 +174,19 @@ def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) ->
         known = {(c.get("type"), c.get("status"), c.get("message")) for c in status_of(job).get("conditions") or []}
         if ("SpecChangeRejected", "True", message) not in known:  # once per distinct rejection, not per sync
             post_event(ctx, job, "Warning", "SpecChangeRejected", message)
-        spec_condition = status.condition("SpecChangeRejected", True, "ImmutableFieldChanged", message, generation)
+        spec_condition = status.condition(
+            "SpecChangeRejected", True, "ImmutableFieldChanged", message, ctx.now(), generation
+        )
     else:
-        spec_condition = status.condition("SpecChangeRejected", False, "SpecApplied", "", generation)
+        spec_condition = status.condition("SpecChangeRejected", False, "SpecApplied", "", ctx.now(), generation)
 
     def change(current_job: Manifest) -> Manifest:
         current = status_of(current_job)
         updates = [spec_condition]
         if _condition_true(current, INVALID_SPEC):
-            updates.append(status.condition(INVALID_SPEC, False, "SpecValid", "", generation))
+            updates.append(status.condition(INVALID_SPEC, False, "SpecValid", "", ctx.now(), generation))
         if _condition_true(current, CHILD_CONFLICT):
-            updates.append(status.condition(CHILD_CONFLICT, False, "ChildOwned", "", generation))
+            updates.append(status.condition(CHILD_CONFLICT, False, "ChildOwned", "", ctx.now(), generation))
         conditions = status.merge_conditions(current.get("conditions") or [], updates)
         out: Manifest = {
             "pytorchJobName": child["metadata"]["name"],
@@ -212,7 +214,7 @@ def mark_invalid(ctx: Context, job: Manifest, reason: str, message: str) -> None
 
     def change(current_job: Manifest) -> Manifest:
         current = status_of(current_job)
-        invalid = status.condition(INVALID_SPEC, True, reason, message, generation)
+        invalid = status.condition(INVALID_SPEC, True, reason, message, ctx.now(), generation)
         return {
             "phase": str(JobPhase.Failed),
             "observedGeneration": generation,
@@ -227,7 +229,9 @@ def _condition_keys(current: Manifest) -> set[tuple[str, str, str]]:
     return {(str(c.get("type")), str(c.get("status")), str(c.get("reason"))) for c in current.get("conditions") or []}
 
 
-def _finished(job: Manifest) -> bool:
+def is_finished(job: Manifest) -> bool:
+    """Ended (Succeeded, Failed by the child, EarlyStopped): never resurrected. A job Failed for an invalid spec is
+    not finished: a corrected spec runs."""
     current = status_of(job)
     return current.get("phase") in [str(phase) for phase in status.TERMINAL_PHASES] and not _condition_true(
         current, INVALID_SPEC

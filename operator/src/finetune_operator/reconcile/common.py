@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -12,6 +13,7 @@ import kopf
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import ApiException, Kube, is_status
 from finetune_operator.metrics.operator import OperatorMetrics
+from finetune_operator.reconcile import status
 
 logger = logging.getLogger("finetune_operator")
 Manifest = dict[str, Any]
@@ -20,11 +22,23 @@ WARNING_PHASES = ("Failed", "EarlyStopped")
 _MAX_CONFLICTS = 8
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class Context:
+    """What every reconcile function runs with: the API seam, the config, the operator's metrics and the clock
+    (status timestamps come from here, so the status logic stays pure and the tests can fix the time)."""
+
     kube: Kube
     config: OperatorConfig
     metrics: OperatorMetrics
+    clock: Callable[[], datetime] = utc_now
+
+    def now(self) -> str:
+        """The clock as Kubernetes writes timestamps (RFC 3339, UTC, seconds)."""
+        return status.rfc3339(self.clock())
 
 
 def status_of(job: Manifest) -> Manifest:
@@ -32,7 +46,12 @@ def status_of(job: Manifest) -> Manifest:
 
 
 def update_status(
-    ctx: Context, namespace: str, name: str, change: StatusChange, known: Manifest | None = None
+    ctx: Context,
+    namespace: str,
+    name: str,
+    change: StatusChange,
+    known: Manifest | None = None,
+    confirm_noop: bool = True,
 ) -> Manifest | None:
     """Read the job, compute a status change from it, write it guarded by resourceVersion; retry on conflict.
 
@@ -40,7 +59,10 @@ def update_status(
     Returns the job as read before the write (None if it is gone or nothing changed).
     `known`: a copy of the job the caller already holds (the body of the event being handled), tried first instead
     of a GET. Safe because every write is guarded by its resourceVersion (a stale copy gets 409 and a fresh read);
-    a "nothing to change" answer from it is confirmed on a fresh read, so a stale copy never skips a write.
+    a "nothing to change" answer from it is confirmed on a fresh read, so a stale copy never skips a write —
+    unless `confirm_noop` is False: for a caller whose `known` is the watch's latest copy and whose change only
+    mirrors another object (a later change of the job brings its own event), that read is one GET per event for
+    nothing.
     """
     for _ in range(_MAX_CONFLICTS):
         from_known = known is not None and bool(known["metadata"].get("resourceVersion"))
@@ -51,7 +73,7 @@ def update_status(
         changes = change(job) or {}
         current = status_of(job)
         if all(current.get(key) == value for key, value in changes.items()):
-            if from_known:
+            if from_known and confirm_noop:
                 continue
             if current.get("phase"):
                 ctx.metrics.record_phase(namespace, name, current["phase"])

@@ -1,7 +1,8 @@
 """The early-stopping loop: read each running job's metrics, ask the policy, write status, stop failing runs.
 
-One background thread for the whole operator (not a Kopf timer or daemon per object: those put a finalizer on
-every FineTuneJob, and a finalizer can wedge a deletion while the operator is down). Each job is evaluated every
+One loop for the whole operator (not a Kopf timer or daemon per object: those put a finalizer on every
+FineTuneJob, and a finalizer can wedge a deletion while the operator is down), reading the jobs from the operator's
+Kopf index and writing status from the body in hand (resourceVersion-guarded, no GET first). Each job is evaluated every
 `earlyStopping.evaluationIntervalSeconds`, read live from its spec, so thresholds can be edited on a running job.
 A stop is recorded first (phase EarlyStopped, condition, event) and the PyTorchJob deleted second: if the operator
 dies in between, the next evaluation finds the job EarlyStopped with its child still there and deletes it.
@@ -11,92 +12,78 @@ retried with exponential backoff.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from finetune_contract import names
-from finetune_operator.api import EarlyStoppingSpec, FineTuneJob, JobPhase, Verdict
+from finetune_operator.api import FineTuneJob, JobPhase, Verdict
 from finetune_operator.children.pytorchjob import child_name
 from finetune_operator.decisions.policy import evaluate
-from finetune_operator.metrics.source import JobMetrics, MetricsUnavailableError, PrometheusSource, ScrapeSource
+from finetune_operator.metrics.source import (
+    JobMetrics,
+    MetricsSourceChoice,
+    MetricsUnavailableError,
+    PrometheusSource,
+    ScrapeSource,
+    choose_source,
+)
 from finetune_operator.reconcile import status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
 from finetune_operator.reconcile.pod_creation import check_pod_creation
 
 logger = logging.getLogger("finetune_operator.reconcile.early_stop")
+TICK_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 STALE_AFTER_SECONDS = 600.0
-
-
-class JobIndex:
-    """The latest body of every watched FineTuneJob, fed by the operator's own watch stream (Kopf's event handler).
-
-    The evaluator used to LIST every FineTuneJob each second: at 2,000 jobs that list was most of the operator's
-    CPU and a steady load on the API server, for information the watch already delivers.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._jobs: dict[tuple[str, str], Manifest] = {}
-
-    def observe(self, event_type: str | None, job: Manifest) -> None:
-        key = (job["metadata"]["namespace"], job["metadata"]["name"])
-        with self._lock:
-            if event_type == "DELETED":
-                self._jobs.pop(key, None)
-            else:
-                self._jobs[key] = _slim(job)
-
-    def get(self, namespace: str, name: str) -> Manifest | None:
-        with self._lock:
-            return self._jobs.get((namespace, name))
-
-    def snapshot(self) -> list[Manifest]:
-        with self._lock:
-            return list(self._jobs.values())
 
 
 _KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp")
 
 
-def _slim(job: Manifest) -> Manifest:
-    """What early stopping and status writes read; managedFields and annotations (Kopf's copy of the last handled
-    spec among them) are about half of a FineTuneJob's size and are never read from here."""
+def index_entry(job: Manifest) -> Manifest:
+    """What early stopping and status writes read of a FineTuneJob, as kept in the operator's Kopf index.
+
+    managedFields and annotations (Kopf's copy of the last handled spec among them) are about half of a
+    FineTuneJob's size and are never read from here; at 2,000 jobs that is most of the index's memory."""
     metadata = job.get("metadata") or {}
     slim: Manifest = {key: job[key] for key in ("apiVersion", "kind", "spec", "status") if key in job}
     slim["metadata"] = {key: metadata[key] for key in _KEPT_METADATA if key in metadata}
     return slim
 
 
+async def run_early_stopping(
+    ctx: Context, snapshot: Callable[[], list[Manifest]], tick_seconds: float = TICK_SECONDS
+) -> None:
+    """The loop, as a task in Kopf's event loop: the jobs are read from Kopf's index there (never while the watch
+    writes it, no LIST), each tick's I/O runs in a worker thread. Cancelled at operator cleanup."""
+    evaluator = Evaluator(ctx)
+    loop = asyncio.get_running_loop()
+    while True:
+        jobs = snapshot()
+        try:
+            await loop.run_in_executor(None, evaluator.tick, jobs)
+        except Exception:  # one bad cycle must not end early stopping for every job
+            logger.exception("early-stopping cycle failed")
+        await asyncio.sleep(tick_seconds)
+
+
 @dataclass
 class Evaluator:
+    """Judges every Running job once per its interval; finishes every early stop (child deleted) once per process."""
+
     ctx: Context
-    index: JobIndex | None = None
-    """Where the jobs come from; without one (no watch feeding it), each cycle lists them from the API."""
-    tick_seconds: float = 1.0
-    clock: Callable[[], float] = time.time
-    stop_flag: threading.Event = field(default_factory=threading.Event)
     scrape: ScrapeSource = field(default_factory=ScrapeSource)
     _due: dict[tuple[str, str], float] = field(default_factory=dict)
     _failures: dict[tuple[str, str], int] = field(default_factory=dict)
     _stopped: set[tuple[str, str, str]] = field(default_factory=set)
     _pods_due: float = 0.0
 
-    def run(self) -> None:
-        while not self.stop_flag.is_set():
-            try:
-                self.tick()
-            except Exception:  # one bad cycle must not end early stopping for every job
-                logger.exception("early-stopping cycle failed")
-            self.stop_flag.wait(self.tick_seconds)
-
-    def tick(self) -> None:
-        now = self.clock()
-        jobs = self.index.snapshot() if self.index is not None else self.ctx.kube.list_jobs(self.ctx.config.namespaces)
+    def tick(self, jobs: list[Manifest]) -> None:
+        now = self.ctx.clock().timestamp()
         if now >= self._pods_due:
             self._pods_due = now + self.ctx.config.pod_check_interval_seconds
             check_pod_creation(self.ctx, jobs)
@@ -129,25 +116,28 @@ class Evaluator:
         try:
             metrics = self._read(job, model)
         except MetricsUnavailableError as error:
-            self._unavailable(job, key, spec, now, str(error))
+            self._unavailable(job, model, now, str(error))
             return None
         self._failures.pop(key, None)
         self._due[key] = now + spec.evaluation_interval_seconds
         verdict = evaluate(
-            metrics.points, spec, now=now, stale_after_seconds=STALE_AFTER_SECONDS, evaluated_at=status.now()
+            metrics.points, spec, now=now, stale_after_seconds=STALE_AFTER_SECONDS, evaluated_at=self.ctx.now()
         )
-        self._record(job, metrics, verdict)
-        if verdict.decision == "stop":
-            self.stop_job(job, model, verdict, metrics)
+        written = self._record(job, metrics, verdict)
+        if verdict.decision == "stop" and written is not None:
+            self._stopped_now(job, model, verdict, metrics)
         return verdict
+
+    def _source(self, model: FineTuneJob) -> MetricsSourceChoice:
+        return choose_source(model.spec.metrics.prometheus_url, self.ctx.config.prometheus_url)
 
     def _read(self, job: Manifest, model: FineTuneJob) -> JobMetrics:
         namespace, name = model.metadata.namespace, model.metadata.name
-        prometheus = model.spec.metrics.prometheus_url or self.ctx.config.prometheus_url
-        if prometheus:
-            return PrometheusSource(prometheus).fetch(namespace, name)
+        source = self._source(model)
+        if source.prometheus_url:
+            return PrometheusSource(source.prometheus_url).fetch(namespace, name)
         url = self._master_url(job, model)
-        return self.scrape.fetch(namespace, name, url, now=self.clock())
+        return self.scrape.fetch(namespace, name, url, now=self.ctx.clock().timestamp())
 
     def _master_url(self, job: Manifest, model: FineTuneJob) -> str:
         child = status_of(job).get("pytorchJobName") or child_name(model.metadata.name)
@@ -158,18 +148,18 @@ class Evaluator:
                 return f"http://{address}:{model.spec.metrics.port}/metrics"
         raise MetricsUnavailableError(f"no running Master pod with an IP for PyTorchJob {child}")
 
-    def _unavailable(self, job: Manifest, key: tuple[str, str], spec: EarlyStoppingSpec, now: float, why: str) -> None:
+    def _unavailable(self, job: Manifest, model: FineTuneJob, now: float, why: str) -> None:
+        key, spec = (model.metadata.namespace, model.metadata.name), model.spec.early_stopping
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
         delay = min(MAX_BACKOFF_SECONDS, spec.evaluation_interval_seconds * 2 ** (failures - 1))
         self._due[key] = now + delay
-        uses_prometheus = bool(job["spec"].get("metrics", {}).get("prometheusUrl") or self.ctx.config.prometheus_url)
-        reason = "PrometheusUnavailable" if uses_prometheus else "ScrapeFailed"
+        reason = self._source(model).unavailable_reason
         message = f"{why}; early stopping cannot judge this run (retry in {delay:.0f}s); it is not stopped for this"
         verdict = Verdict.model_validate(
-            {"decision": "unknown", "reason": "MetricsUnavailable", "message": message, "evaluatedAt": status.now()}
+            {"decision": "unknown", "reason": "MetricsUnavailable", "message": message, "evaluatedAt": self.ctx.now()}
         )
-        condition = status.condition("MetricsUnavailable", True, reason, message)
+        condition = status.condition("MetricsUnavailable", True, reason, message, self.ctx.now())
 
         def change(current_job: Manifest) -> Manifest:
             current = status_of(current_job)
@@ -178,9 +168,12 @@ class Evaluator:
                 "conditions": status.merge_conditions(current.get("conditions") or [], [condition]),
             }
 
-        update_status(self.ctx, key[0], key[1], change)
+        update_status(self.ctx, key[0], key[1], change, known=job)
 
-    def _record(self, job: Manifest, metrics: JobMetrics, verdict: Verdict) -> None:
+    def _record(self, job: Manifest, metrics: JobMetrics, verdict: Verdict) -> Manifest | None:
+        """One status write per evaluation: the figures and the verdict, and for a stop the phase, the condition
+        and the completion time too (one PATCH from the body in hand, not a write plus a stale second one).
+        Returns what update_status returns (None: nothing written, e.g. the job is gone)."""
         latest = metrics.latest
         fields: Manifest = {"earlyStopping": verdict.to_wire()}
         if latest is not None:
@@ -192,37 +185,31 @@ class Evaluator:
             "tokensPerSecond": _finite(metrics.tokens_per_second),
         }
         fields = {key: value for key, value in fields.items() if value is not None}
-        available = status.condition("MetricsUnavailable", False, "MetricsRead", "")
+        updates = [status.condition("MetricsUnavailable", False, "MetricsRead", "", self.ctx.now())]
+        if verdict.decision == "stop":
+            message = f"{verdict.message}{_evidence_text(verdict)}"
+            updates = [*updates, status.condition("EarlyStopped", True, verdict.reason, message, self.ctx.now())]
+            fields |= {"phase": str(JobPhase.EarlyStopped), "completionTime": self.ctx.now()}
 
-        def change(current_job: Manifest) -> Manifest:
+        def change(current_job: Manifest) -> Manifest | None:
             current = status_of(current_job)
+            if verdict.decision == "stop" and current.get("phase") != str(JobPhase.Running):
+                return None  # ended meanwhile (e.g. Succeeded): a late verdict does not rewrite history
             out = dict(fields)
-            if "MetricsUnavailable" in {c.get("type") for c in current.get("conditions") or []}:
-                out["conditions"] = status.merge_conditions(current.get("conditions") or [], [available])
+            present = {c.get("type") for c in current.get("conditions") or []}
+            wanted = [c for c in updates if c["type"] in present or c["status"] == "True"]
+            if wanted:
+                out["conditions"] = status.merge_conditions(current.get("conditions") or [], wanted)
             return out
 
-        update_status(self.ctx, job["metadata"]["namespace"], job["metadata"]["name"], change)
+        return update_status(self.ctx, job["metadata"]["namespace"], job["metadata"]["name"], change, known=job)
 
-    def stop_job(self, job: Manifest, model: FineTuneJob, verdict: Verdict, metrics: JobMetrics) -> None:
-        """Record the stop (phase, condition, event), then free the GPUs by deleting the PyTorchJob."""
-        message = f"{verdict.message}{_evidence_text(verdict)}"
-        stopped = status.condition("EarlyStopped", True, verdict.reason, message)
-
-        def change(current_job: Manifest) -> Manifest:
-            current = status_of(current_job)
-            return {
-                "phase": str(JobPhase.EarlyStopped),
-                "earlyStopping": verdict.to_wire(),
-                "completionTime": status.now(),
-                "conditions": status.merge_conditions(current.get("conditions") or [], [stopped]),
-            }
-
-        written = update_status(self.ctx, model.metadata.namespace, model.metadata.name, change)
-        if written is None:
-            return
+    def _stopped_now(self, job: Manifest, model: FineTuneJob, verdict: Verdict, metrics: JobMetrics) -> None:
+        """After the stop is recorded (phase, condition, event): count it, then free the GPUs (delete the child)."""
         rule = verdict.evidence.rule if verdict.evidence and verdict.evidence.rule else verdict.reason
         self.ctx.metrics.record_early_stop(model.metadata.namespace, model.metadata.name, rule)
-        self.ctx.metrics.gpu_seconds_saved.inc(_gpu_seconds_saved(job, model, metrics, self.clock()))
+        saved = _gpu_seconds_saved(job, model, metrics, self.ctx.clock().timestamp())
+        self.ctx.metrics.gpu_seconds_saved.inc(saved)
         logger.warning("early-stopped %s/%s: %s", model.metadata.namespace, model.metadata.name, verdict.message)
         self._finish_stop(job)
 
@@ -259,8 +246,6 @@ def _gpu_seconds_saved(job: Manifest, model: FineTuneJob, metrics: JobMetrics, n
     started = status_of(job).get("startTime")
     if latest is None or not total or not started or latest.step <= 0:
         return 0.0
-    from datetime import datetime
-
     elapsed = now - datetime.fromisoformat(str(started).replace("Z", "+00:00")).timestamp()
     gpus = model.spec.resources.nodes * max(model.spec.resources.gpus_per_node, 0)
     return max(0.0, (total - latest.step) * elapsed / latest.step * gpus)

@@ -1,4 +1,5 @@
-"""Pure status logic: the FineTuneJob's phase and conditions from its PyTorchJob and pods. No I/O.
+"""Pure status logic: the FineTuneJob's phase and conditions from its PyTorchJob and pods. No I/O, no clock: the
+time a condition is stamped with is passed in (the reconcile functions take it from their Context's clock).
 
 The PyTorchJob's conditions are mirrored one to one (type, status, reason, message, lastTransitionTime); the
 operator's own conditions (InvalidSpec, SpecChangeRejected, later MetricsUnavailable and EarlyStopped) are kept
@@ -18,9 +19,9 @@ TERMINAL_PHASES = (JobPhase.Succeeded, JobPhase.Failed, JobPhase.EarlyStopped)
 Condition = dict[str, Any]
 
 
-def now() -> str:
-    """RFC 3339 with second precision, as Kubernetes writes timestamps."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def rfc3339(moment: datetime) -> str:
+    """RFC 3339 with second precision in UTC, as Kubernetes writes timestamps."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def true_types(conditions: Iterable[Mapping[str, Any]]) -> set[str]:
@@ -44,8 +45,9 @@ def phase_from_child(child: Mapping[str, Any] | None) -> JobPhase:
     return JobPhase.Pending
 
 
-def mirrored_conditions(child: Mapping[str, Any]) -> list[Condition]:
-    """The child's conditions in our form (only the fields Kubernetes conditions have)."""
+def mirrored_conditions(child: Mapping[str, Any], now: str) -> list[Condition]:
+    """The child's conditions in our form (only the fields Kubernetes conditions have); `now` stands in for a
+    missing transition time."""
     out = []
     for condition in child.get("status", {}).get("conditions") or []:
         if condition.get("type") not in CHILD_CONDITION_TYPES:
@@ -56,32 +58,35 @@ def mirrored_conditions(child: Mapping[str, Any]) -> list[Condition]:
                 "status": condition.get("status", "Unknown"),
                 "reason": condition.get("reason", ""),
                 "message": condition.get("message", ""),
-                "lastTransitionTime": condition.get("lastTransitionTime") or condition.get("lastUpdateTime") or now(),
+                "lastTransitionTime": condition.get("lastTransitionTime") or condition.get("lastUpdateTime") or now,
             }
         )
     return out
 
 
 def merge_conditions(current: Sequence[Condition], updates: Sequence[Condition]) -> list[Condition]:
-    """Replace conditions by type; a condition whose status did not change keeps its lastTransitionTime."""
+    """Replace conditions by type; a condition whose status did not change keeps its lastTransitionTime (updates
+    carry theirs, made by `condition`)."""
     merged = {str(condition["type"]): dict(condition) for condition in current}
     for update in updates:
         previous = merged.get(str(update["type"]))
         condition = dict(update)
         if previous and previous.get("status") == condition.get("status") and previous.get("lastTransitionTime"):
             condition["lastTransitionTime"] = previous["lastTransitionTime"]
-        condition.setdefault("lastTransitionTime", now())
         merged[str(update["type"])] = condition
     return list(merged.values())
 
 
-def condition(condition_type: str, status: bool, reason: str, message: str, generation: int | None = None) -> Condition:
+def condition(
+    condition_type: str, status: bool, reason: str, message: str, now: str, generation: int | None = None
+) -> Condition:
+    """A condition in the Kubernetes form, stamped `now` (kept by merge_conditions when the status is unchanged)."""
     out: Condition = {
         "type": condition_type,
         "status": "True" if status else "False",
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now(),
+        "lastTransitionTime": now,
     }
     if generation is not None:
         out["observedGeneration"] = generation

@@ -17,6 +17,9 @@ from finetune_operator.reconcile.status import (
     with_failure_details,
 )
 
+LATER = "2026-06-01T12:00:00Z"
+"""The clock the status functions are handed (they never read one)."""
+
 
 def child(*active: str, **status: Any) -> dict[str, Any]:
     conditions = [
@@ -58,19 +61,18 @@ def test_false_conditions_do_not_count() -> None:
 def test_mirrored_conditions_keep_kubernetes_fields_only() -> None:
     job = child("Created")
     job["status"]["conditions"][0]["lastUpdateTime"] = "x"
-    (mirrored,) = mirrored_conditions(job)
+    (mirrored,) = mirrored_conditions(job, LATER)
     assert set(mirrored) == {"type", "status", "reason", "message", "lastTransitionTime"}
 
 
 def test_merge_replaces_by_type_and_keeps_transition_time_when_status_is_unchanged() -> None:
-    first = condition("SpecChangeRejected", False, "SpecApplied", "")
-    first["lastTransitionTime"] = "2026-01-01T00:00:00Z"
-    same = condition("SpecChangeRejected", False, "SpecApplied", "")
-    flipped = condition("SpecChangeRejected", True, "ImmutableFieldChanged", "spec.model.name")
+    first = condition("SpecChangeRejected", False, "SpecApplied", "", "2026-01-01T00:00:00Z")
+    same = condition("SpecChangeRejected", False, "SpecApplied", "", LATER)
+    flipped = condition("SpecChangeRejected", True, "ImmutableFieldChanged", "spec.model.name", LATER)
     assert merge_conditions([first], [same])[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     (merged,) = merge_conditions([first], [flipped])
     assert merged["status"] == "True"
-    assert merged["lastTransitionTime"] != "2026-01-01T00:00:00Z"
+    assert merged["lastTransitionTime"] == LATER
 
 
 def failed_pod(name: str, code: int, reason: str = "Error") -> dict[str, Any]:
@@ -87,7 +89,7 @@ def test_failure_details_name_pod_container_and_exit_code() -> None:
 
 
 def test_failure_details_reach_the_failed_condition_once() -> None:
-    conditions = mirrored_conditions(child("Created", "Failed"))
+    conditions = mirrored_conditions(child("Created", "Failed"), LATER)
     details = "pod a: container pytorch exited with code 2 (Error)"
     once = with_failure_details(conditions, details)
     twice = with_failure_details(once, details)
@@ -97,13 +99,13 @@ def test_failure_details_reach_the_failed_condition_once() -> None:
 
 
 def test_mirrored_status_sets_completion_only_when_finished() -> None:
-    running = mirrored_status({}, child("Created", "Running", startTime="2026-01-01T00:00:00Z"), "")
+    running = mirrored_status({}, child("Created", "Running", startTime="2026-01-01T00:00:00Z"), "", LATER)
     assert running["phase"] == "Running"
     assert running["startTime"] == "2026-01-01T00:00:00Z"
     assert "completionTime" not in running
-    done = mirrored_status({}, child("Created", "Succeeded", completionTime="2026-01-01T01:00:00Z"), "")
+    done = mirrored_status({}, child("Created", "Succeeded", completionTime="2026-01-01T01:00:00Z"), "", LATER)
     assert done["completionTime"] == "2026-01-01T01:00:00Z"
 
 
 def test_an_early_stopped_job_is_not_overwritten_by_its_dying_child() -> None:
-    assert mirrored_status({"phase": "EarlyStopped"}, child("Created", "Failed"), "") == {}
+    assert mirrored_status({"phase": "EarlyStopped"}, child("Created", "Failed"), "", LATER) == {}

@@ -20,7 +20,7 @@ from finetune_operator.reconcile.child import (
 )
 from finetune_operator.reconcile.common import Context
 from tests.manifests import minimal_job
-from tests.unit.fake_kube import FakeKube, api_error
+from tests.operator.fake_kube import FakeKube, api_error
 
 NS = "ns"
 LONG = "a" * 54  # the length that once got a second child when nodes changed

@@ -33,6 +33,7 @@ class FakeKube:
         self.child_events: list[Manifest] = []
         self.calls: list[str] = []
         self.refuse_creates: ApiException | None = None
+        self.pods: dict[tuple[str, str], list[Manifest]] = {}  # (namespace, child) -> its pods
         self._versions = itertools.count(1)
 
     # -- FineTuneJobs ------------------------------------------------------------------------------------------
@@ -100,14 +101,20 @@ class FakeKube:
         _merge(self.children[(namespace, name)], patch)
 
     def delete_child(self, namespace: str, name: str) -> bool:
+        self.calls.append("delete_child")
         return self.children.pop((namespace, name), None) is not None
 
     def child_pods(self, namespace: str, child_name: str) -> list[Manifest]:
-        return []
+        self.calls.append("child_pods")
+        return copy.deepcopy(self.pods.get((namespace, child_name), []))
 
     def list_child_events(self, namespaces: tuple[str, ...], reason: str) -> list[Manifest]:
         self.calls.append("list_child_events")
         return [event for event in self.child_events if event.get("reason") == reason]
+
+    def job_manifest(self, namespace: str, name: str) -> Manifest:
+        """The job as the watch would deliver it now."""
+        return copy.deepcopy(self.jobs[(namespace, name)])
 
 
 def _merge(target: Manifest, patch: Manifest) -> None:

@@ -1,6 +1,6 @@
 """Golden files: the full PyTorchJob for representative FineTuneJobs, reviewed as YAML.
 
-Regenerate after an intended change with `UPDATE_GOLDEN=1 pytest tests/golden` and review the diff.
+Regenerate after an intended change with `UPDATE_GOLDEN=1 pytest tests/operator/children/golden` and review the diff.
 """
 
 from __future__ import annotations
@@ -29,5 +29,5 @@ def test_render_matches_golden(case: str) -> None:
     golden = HERE / "expected" / f"{case}.yaml"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.write_text(rendered)
-    assert golden.is_file(), f"missing {golden}; run UPDATE_GOLDEN=1 pytest tests/golden"
+    assert golden.is_file(), f"missing {golden}; run UPDATE_GOLDEN=1 pytest tests/operator/children/golden"
     assert rendered == golden.read_text(), f"{case}: render changed; review and regenerate with UPDATE_GOLDEN=1"
