@@ -33,6 +33,7 @@ class FakeKube:
         self.child_events: list[Manifest] = []
         self.calls: list[str] = []
         self.refuse_creates: ApiException | None = None
+        self.refuse_events: ApiException | None = None
         self.pods: dict[tuple[str, str], list[Manifest]] = {}  # (namespace, child) -> its pods
         self._versions = itertools.count(1)
 
@@ -75,6 +76,8 @@ class FakeKube:
         return [copy.deepcopy(job) for (ns, _), job in self.jobs.items() if not namespaces or ns in namespaces]
 
     def create_event(self, job: Manifest, kind: str, reason: str, message: str) -> None:
+        if self.refuse_events is not None:
+            raise self.refuse_events
         self.events.append((job["metadata"]["name"], kind, reason, message))
 
     # -- children ----------------------------------------------------------------------------------------------

@@ -112,11 +112,14 @@ def _detail(changes: Manifest) -> str:
 
 def post_event(ctx: Context, job: Manifest, kind: str, reason: str, message: str) -> None:
     """A Kubernetes Event on the FineTuneJob. Written through the API (not Kopf's queue) so the early-stopping
-    thread can post too; a failure to post is logged, never allowed to fail the reconcile."""
+    loop can post too; a failure to post is logged, never allowed to fail the reconcile. A namespace being deleted
+    refuses new Events (403) while its jobs still change: that is expected, not worth a warning."""
     try:
         ctx.kube.create_event(job, kind, reason, message)
     except ApiException as error:
-        logger.warning("could not post event %s on %s: %s", reason, job["metadata"].get("name"), error.reason)
+        terminating = is_status(error, 403) and "being terminated" in str(error.body or "")
+        log = logger.debug if terminating else logger.warning
+        log("could not post event %s on %s: %s", reason, job["metadata"].get("name"), error.reason)
 
 
 def _identity(job: Manifest) -> dict[str, str]:
