@@ -36,18 +36,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def record(step: int, loss: float = 2.0, grad_norm: float = 1.5) -> StepRecord:
+def record(
+    step: int,
+    loss: float = 2.0,
+    grad_norm: float = 1.5,
+    total_steps: int = 10,
+    phase: str = "stacked",
+    samples: int = 32,
+) -> StepRecord:
+    """A trainer step record as rank 0 logs it (shared by the metrics tests and benchmarks)."""
     return StepRecord(
         step=step,
-        total_steps=10,
+        total_steps=total_steps,
         loss=loss,
         grad_norm=grad_norm,
         learning_rate=1e-4,
-        samples=32,
+        samples=samples,
         tokens=1000,
         step_duration_seconds=0.5,
         epoch=0,
-        phase="stacked",
+        phase=phase,
     )
 
 
@@ -88,34 +96,8 @@ def test_every_series_is_served_with_the_identity_labels(prometheus) -> None:
 
 
 def test_phase_gauge_marks_only_the_current_phase(prometheus) -> None:
-    prometheus.log_step(
-        StepRecord(
-            step=1,
-            total_steps=10,
-            loss=2.0,
-            grad_norm=1.0,
-            learning_rate=1e-4,
-            samples=4,
-            tokens=10,
-            step_duration_seconds=0.1,
-            epoch=0,
-            phase="knowledge",
-        )
-    )
-    prometheus.log_step(
-        StepRecord(
-            step=2,
-            total_steps=10,
-            loss=2.0,
-            grad_norm=1.0,
-            learning_rate=1e-4,
-            samples=4,
-            tokens=10,
-            step_duration_seconds=0.1,
-            epoch=0,
-            phase="skills",
-        )
-    )
+    prometheus.log_step(record(1, phase="knowledge"))
+    prometheus.log_step(record(2, phase="skills"))
     phases = {s.labels["phase"]: s.value for s in samples_by_name(scrape(prometheus.port))["finetune_phase"]}
     assert phases == {"knowledge": 0.0, "skills": 1.0}
 

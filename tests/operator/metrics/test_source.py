@@ -21,23 +21,13 @@ from finetune_contract.records import StepRecord
 from finetune_operator.metrics.source import MetricsUnavailableError, PrometheusSource, ScrapeSource, join_points
 from finetune_trainer.metrics import Identity, PrometheusLogger
 from tests.trainer.test_metrics import free_port
+from tests.trainer.test_metrics import record as trainer_record
 
 IDENTITY = Identity("sft-a", "team-a")
 
 
 def record(step: int) -> StepRecord:
-    return StepRecord(
-        step=step,
-        total_steps=100,
-        loss=3.0 - 0.1 * step,
-        grad_norm=1.0 + step,
-        learning_rate=1e-4,
-        samples=8,
-        tokens=1000,
-        step_duration_seconds=0.5,
-        epoch=0,
-        phase="stacked",
-    )
+    return trainer_record(step, loss=3.0 - 0.1 * step, grad_norm=1.0 + step, total_steps=100, samples=8)
 
 
 @pytest.fixture
