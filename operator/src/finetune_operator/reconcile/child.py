@@ -85,8 +85,7 @@ def create_or_adopt(ctx: Context, job: Manifest, model: FineTuneJob, rendered: M
         if not owned_by(existing, job):
             wait_for_foreign_child(ctx, job, existing)
         return existing
-    post_event(ctx, job, "Normal", "Created", f"created PyTorchJob {created['metadata']['name']}")
-    return created
+    return created  # its Event is the phase transition's ("phase - -> Pending: PyTorchJob ... created")
 
 
 def wait_for_foreign_child(ctx: Context, job: Manifest, child: Manifest) -> NoReturn:
