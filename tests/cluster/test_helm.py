@@ -308,6 +308,7 @@ def test_cluster_identity_is_least_privilege(cluster_release: Release, tmp_path:
         ("list", "finetunejobs.finetune.dev", None),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("create", "events", "default"),
+        ("list", "events", None),  # the FailedCreatePod check: one field-selected LIST for all jobs
     ):
         assert can(verb, resource, where), f"cannot {verb} {resource} in {where}"
     for verb, resource, where in (
@@ -318,6 +319,7 @@ def test_cluster_identity_is_least_privilege(cluster_release: Release, tmp_path:
         ("create", "pods", ns),
         ("watch", "pods", None),
         ("update", "finetunejobs.finetune.dev/status", "default"),
+        ("patch", "finetunejobs.finetune.dev", "default"),  # no annotations: only the status is written
         ("delete", "finetunejobs.finetune.dev", "default"),
         ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("create", "clusterroles.rbac.authorization.k8s.io", None),
