@@ -149,10 +149,16 @@ class Release:
         return args
 
     def can_i(self, verb: str, resource: str, namespace: str | None) -> bool:
-        """`kubectl auth can-i` as the chart's ServiceAccount; namespace None = cluster-wide."""
+        """`kubectl auth can-i` as the chart's ServiceAccount; namespace None = cluster-wide.
+
+        `resource` may name a subresource as `plural.group/status`: kubectl reads `X/Y` as resource X, object NAME Y,
+        so the subresource goes in --subresource (otherwise "patch finetunejobs/status" asks about patching a
+        FineTuneJob named "status", and passes on a plain `patch finetunejobs` grant)."""
         scope = ["-n", namespace] if namespace else ["--all-namespaces"]
         subject = f"system:serviceaccount:{self.namespace}:{self.service_account}"
-        result = self.cluster.kubectl("auth", "can-i", verb, resource, *scope, "--as", subject, check=False)
+        resource, _, subresource = resource.partition("/")
+        extra = [f"--subresource={subresource}"] if subresource else []
+        result = self.cluster.kubectl("auth", "can-i", verb, resource, *extra, *scope, "--as", subject, check=False)
         assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
         return result.stdout.strip() == "yes"
 
