@@ -26,10 +26,10 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import RESULTS, format_table, summary, write_results  # noqa: E402
 from finetune_operator.kube import Kube  # noqa: E402
-from finetune_trainer.metrics import Identity, PrometheusLogger, StepRecord  # noqa: E402
+from finetune_trainer.metrics import Identity, PrometheusLogger  # noqa: E402
 from tests.cluster.controlplane import start_gpu_cluster  # noqa: E402
-from tests.integration.test_metrics_source import start_prometheus  # noqa: E402
-from tests.trainer.test_metrics import free_port  # noqa: E402
+from tests.operator.metrics.test_source import start_prometheus  # noqa: E402
+from tests.trainer.test_metrics import free_port, record  # noqa: E402
 
 
 def job_manifest(name: str, interval: int) -> str:
@@ -51,7 +51,7 @@ def feed(exporter: PrometheusLogger, crossed: threading.Event, stop: threading.E
     while not stop.is_set():
         step += 1
         bad = step > good_steps
-        exporter.log_step(StepRecord(step, 1000, 2.0, 50.0 if bad else 1.0, 1e-4, 8, 1000, 0.5, 0, "stacked"))
+        exporter.log_step(record(step, grad_norm=50.0 if bad else 1.0, total_steps=1000, samples=8))
         if bad and "crossed" not in out:
             out["crossed"] = time.time()
             crossed.set()

@@ -74,9 +74,10 @@ def run_variant(args: argparse.Namespace, padding_free: bool, compiled: bool) ->
     from finetune_trainer.config import Recipe
     from finetune_trainer.trainer import RunOptions, Trainer
 
-    recipe = Recipe.model_validate(recipe_for(args.model, args.tokens_per_gpu, args.batch))
+    spec = recipe_for(args.model, args.tokens_per_gpu, args.batch)
+    recipe = Recipe.model_validate({**spec, "training": {**spec["training"], "paddingFree": padding_free}})
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(recipe, RunOptions(Path(out), padding_free=padding_free))
+        trainer = Trainer(recipe, RunOptions(Path(out)))
         trainer.setup()
         if compiled:
             trainer.model = torch.compile(trainer.model, dynamic=True)  # type: ignore[assignment]

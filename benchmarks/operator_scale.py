@@ -15,15 +15,19 @@ kube-apiserver, scheduler, controller-manager, training-operator v1.9.2, kwok pl
   FineTuneJob's status.phase Succeeded is recorded. The operator's own Python process (the console script is a
   Python script, so Popen's pid is the interpreter) is sampled every 0.5 s for VmRSS; its CPU-seconds are
   utime+stime from /proc/<pid>/stat at the end.
-- floor: on another fresh control plane, the same N PyTorchJobs, rendered by `finetune_operator.render` exactly
-  as the operator renders them (same applied-spec annotation; no ownerReference, since there is no parent), are
-  created by the same thread pool with the operator not running: t0 until each PyTorchJob exists is what the API
-  server (plus this script's client) can do at best. The training-operator, scheduler and kwok do the same work
-  behind both runs (one pod per job), so the only difference is the operator in between.
+- floor (the target's reference): on another fresh control plane, with no operator, the same client does the
+  least any operator must cause per job: it creates the FineTuneJob, then its PyTorchJob (rendered by
+  `finetune_operator.children.pytorchjob` exactly as the operator renders it: applied-spec annotation and the
+  ownerReference to the FineTuneJob just created). t0 until each PyTorchJob exists is what the API server (plus
+  this script's client) can do at best for the same objects.
+- bare floor (the earlier reference, kept as a second column): the same N PyTorchJobs only, no FineTuneJobs (no
+  ownerReference), on a third fresh control plane. No operator can reach it: it skips the FineTuneJob creates.
+  The training-operator, scheduler and kwok do the same work behind every run (one pod per job), so the
+  difference is the operator in between.
 
 Why fair: same cluster build, same node count, same fresh etcd, same client, same concurrency, same watches in
-the same process, same objects; the floor is the lower bound any operator can reach. Targets: operator p95
-create latency <= 2x the floor's p95; operator peak RSS <= 300 MB at 2,000 jobs.
+the same process, same objects. Targets: operator p95 create latency <= 2x the floor's p95; operator peak RSS
+<= 300 MB at 2,000 jobs; no ERROR line in the operator's log.
 
 GPU capacity is 64 x 8 = 512: with --gpus-per-job auto, N <= 512 jobs take 1 GPU each (all fit), larger N are
 CPU-only (gpusPerNode 0) so every pod can bind (110 pods per node). The value used is printed and recorded.
@@ -58,9 +62,12 @@ from kubernetes import client, config  # noqa: E402
 from kubernetes.watch.watch import iter_resp_lines  # noqa: E402
 
 from benchmarks.common import RESULTS, format_table, summary, write_results  # noqa: E402
+from finetune_contract import names  # noqa: E402
+from finetune_operator.api import GROUP, PLURAL, VERSION  # noqa: E402
+from finetune_operator.api.validation import validate_manifest  # noqa: E402
+from finetune_operator.children.pytorchjob import child_name, render  # noqa: E402
+from finetune_operator.kube import owner_reference  # noqa: E402
 from finetune_operator.reconcile.child import APPLIED_SPEC, applied_spec  # noqa: E402
-from finetune_operator.render import child_name, render  # noqa: E402
-from finetune_operator.validation import validate_manifest  # noqa: E402
 from tests.cluster.controlplane import GPU_RESOURCE, Cluster, gpu_node_manifest  # noqa: E402
 from tests.cluster.operator_process import TRAINER_IMAGE, OperatorProcess, apply_crd  # noqa: E402
 from tests.cluster.pytorchjobs import EXIT_CODE_ANNOTATION  # noqa: E402
@@ -72,8 +79,8 @@ NAMESPACE = "scale"
 RSS_TARGET_MB = 300.0
 RSS_TARGET_AT_JOBS = 2000
 CREATE_RATIO_TARGET = 2.0
-PYTORCHJOBS = ("kubeflow.org", "v1", NAMESPACE, "pytorchjobs")
-FINETUNEJOBS = ("finetune.dev", "v1alpha1", NAMESPACE, "finetunejobs")
+PYTORCHJOBS = (names.PYTORCHJOB_GROUP, names.PYTORCHJOB_VERSION, NAMESPACE, names.PYTORCHJOB_PLURAL)
+FINETUNEJOBS = (GROUP, VERSION, NAMESPACE, PLURAL)
 Manifest = dict[str, Any]
 
 
@@ -209,7 +216,7 @@ class Watches:
         custom = client.CustomObjectsApi(api)
         self.threads = [
             RawWatch(
-                "pytorchjobs",
+                names.PYTORCHJOB_PLURAL,
                 partial(custom.list_namespaced_custom_object, *PYTORCHJOBS),
                 [self.pytorchjobs, self.child_succeeded],
             ),
@@ -406,14 +413,35 @@ def count_errors(operator: OperatorProcess) -> int:
     return -1
 
 
-def floor_run(state_dir: Path, jobs: int, gpus: int, args: argparse.Namespace) -> dict[str, Any]:
+def create_pairs(api: client.ApiClient, jobs: Sequence[Manifest], threads: int) -> float:
+    """Per job, a FineTuneJob and then its PyTorchJob owned by it: what any operator must cause. Returns t0."""
+    custom = client.CustomObjectsApi(api)
+    children = [bare_pytorchjob(job) for job in jobs]
+
+    def create(pair: tuple[Manifest, Manifest]) -> None:
+        job, child = pair
+        created = custom.create_namespaced_custom_object(*FINETUNEJOBS, job)
+        owned = {**child, "metadata": {**child["metadata"], "ownerReferences": [owner_reference(created)]}}
+        custom.create_namespaced_custom_object(*PYTORCHJOBS, owned)
+
+    with ThreadPoolExecutor(threads) as pool:
+        t0 = time.time()
+        list(pool.map(create, zip(jobs, children, strict=True)))
+    return t0
+
+
+def floor_run(state_dir: Path, jobs: int, gpus: int, args: argparse.Namespace, bare: bool) -> dict[str, Any]:
+    """The floor (FineTuneJob + PyTorchJob per job, one client) or, with `bare`, PyTorchJobs alone."""
     cluster = start_cluster(state_dir / "cluster")
     watches = Watches()
     try:
         api = api_client(cluster, args.threads + 8)
         watches.start(api, with_finetunejobs=False)
-        bodies = [bare_pytorchjob(finetunejob(i, gpus)) for i in range(jobs)]
-        t0 = create_all(api, PYTORCHJOBS, bodies, args.threads)
+        finetunejobs = [finetunejob(i, gpus) for i in range(jobs)]
+        if bare:
+            t0 = create_all(api, PYTORCHJOBS, [bare_pytorchjob(job) for job in finetunejobs], args.threads)
+        else:
+            t0 = create_pairs(api, finetunejobs, args.threads)
         applied = time.time()
         all_children = wait_until(lambda: watches.pytorchjobs.count() >= jobs, args.timeout, f"{jobs} PyTorchJobs")
         out = {
@@ -424,7 +452,7 @@ def floor_run(state_dir: Path, jobs: int, gpus: int, args: argparse.Namespace) -
             "all_pytorchjobs_s": round(all_children - t0, 3),
             "all_pods_bound_s": None,  # JSON null: not waited for
         }
-        if jobs <= args.floor_bound_max_jobs:  # binding is the training-operator's and scheduler's pace, not ours
+        if not bare and jobs <= args.floor_bound_max_jobs:  # binding is the training-operator's pace, not ours
             all_bound = wait_until(lambda: watches.bound.count() >= jobs, args.timeout, f"{jobs} bound pods")
             out["all_pods_bound_s"] = round(all_bound - t0, 3)
         return out
@@ -447,14 +475,20 @@ def check_pods_fit(jobs: int, gpus: int) -> None:
 # -- report -----------------------------------------------------------------------------------------------------
 
 
-def verdicts(operator: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
-    op_p95, floor_p95 = summary(operator["create_latency_s"])["p95"], summary(floor["create_latency_s"])["p95"]
-    ratio = op_p95 / floor_p95 if floor_p95 > 0 else float("inf")
+def p95_ratio(run: dict[str, Any], reference: dict[str, Any]) -> float:
+    run_p95, reference_p95 = summary(run["create_latency_s"])["p95"], summary(reference["create_latency_s"])["p95"]
+    return run_p95 / reference_p95 if reference_p95 > 0 else float("inf")
+
+
+def verdicts(operator: dict[str, Any], floor: dict[str, Any], bare: dict[str, Any]) -> dict[str, Any]:
+    ratio = p95_ratio(operator, floor)
     out: dict[str, Any] = {
         "create_p95_ratio": round(ratio, 3),
         "create_p95_ratio_target": CREATE_RATIO_TARGET,
         "create_target_met": ratio <= CREATE_RATIO_TARGET,
+        "create_p95_ratio_vs_bare_floor": round(p95_ratio(operator, bare), 3),
         "all_pods_bound_ratio": bound_ratio(operator, floor),
+        "operator_error_lines": operator["operator_errors"],
     }
     if operator["jobs"] >= RSS_TARGET_AT_JOBS:
         out["rss_target_mb"] = RSS_TARGET_MB
@@ -471,7 +505,8 @@ def bound_ratio(operator: dict[str, Any], floor: dict[str, Any]) -> float | None
 def table_rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
     rows: list[list[Any]] = []
     for result in results:
-        for label, run in (("floor", result["floor"]), ("operator", result["operator"])):
+        runs = (("bare floor", result["floor_bare"]), ("floor", result["floor"]), ("operator", result["operator"]))
+        for label, run in runs:
             created = summary(run["create_latency_s"])
             mirror = summary(run.get("succeeded_mirror_latency_s", []))
             own = summary(run.get("succeeded_child_to_job_latency_s", []))
@@ -519,7 +554,9 @@ def print_report(results: Sequence[dict[str, Any]]) -> None:
         verdict = result["verdict"]
         line = (
             f"{result['jobs']} jobs: create p95 operator/floor = {verdict['create_p95_ratio']:.2f} "
-            f"(target <= {CREATE_RATIO_TARGET:g}: {'met' if verdict['create_target_met'] else 'NOT met'})"
+            f"(target <= {CREATE_RATIO_TARGET:g}: {'met' if verdict['create_target_met'] else 'NOT met'}); "
+            f"operator/bare floor = {verdict['create_p95_ratio_vs_bare_floor']:.2f}; "
+            f"operator ERROR lines {verdict['operator_error_lines']}"
         )
         if verdict["all_pods_bound_ratio"] is not None:
             line += f"; all-pods-bound operator/floor = {verdict['all_pods_bound_ratio']:.2f}"
@@ -594,12 +631,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                 operator = operator_run(tmp / f"operator-{jobs}", jobs, gpus, args)
                 print({key: value for key, value in summaries(operator).items() if not isinstance(value, list)})
                 continue
+            print(f"{jobs} jobs, gpusPerNode {gpus}: bare floor run...", flush=True)
+            bare = floor_run(tmp / f"floor-bare-{jobs}", jobs, gpus, args, bare=True)
             print(f"{jobs} jobs, gpusPerNode {gpus}: floor run...", flush=True)
-            floor = floor_run(tmp / f"floor-{jobs}", jobs, gpus, args)
+            floor = floor_run(tmp / f"floor-{jobs}", jobs, gpus, args, bare=False)
             print(f"{jobs} jobs, gpusPerNode {gpus}: operator run...", flush=True)
             operator = operator_run(tmp / f"operator-{jobs}", jobs, gpus, args)
-            results.append({"jobs": jobs, "floor": summaries(floor), "operator": summaries(operator)})
-            results[-1]["verdict"] = verdicts(operator, floor)
+            runs = {"floor_bare": summaries(bare), "floor": summaries(floor), "operator": summaries(operator)}
+            results.append({"jobs": jobs, **runs})
+            results[-1]["verdict"] = verdicts(operator, floor, bare)
     if not results:
         return
     print_report(results)

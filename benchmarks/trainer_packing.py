@@ -26,7 +26,7 @@ from finetune_trainer.config import Recipe  # noqa: E402
 from finetune_trainer.trainer import RunOptions, Trainer  # noqa: E402
 
 
-def recipe(batch: int, max_tokens: int) -> Recipe:
+def recipe(batch: int, max_tokens: int, padding_free: bool) -> Recipe:
     return Recipe.model_validate(
         {
             "model": {"config": BENCH_LLAMA, "tokenizer": "builtin:byte-level", "dtype": "float32"},
@@ -34,14 +34,19 @@ def recipe(batch: int, max_tokens: int) -> Recipe:
                 "datasets": [{"path": str(SHARED_DATA / "gsm8k/train-00000-of-00002.chat.jsonl")}],
                 "maxSeqLen": 2048,
             },
-            "training": {"effectiveBatchSize": batch, "maxTokensPerGpu": max_tokens, "learningRate": 1e-4},
+            "training": {
+                "effectiveBatchSize": batch,
+                "maxTokensPerGpu": max_tokens,
+                "learningRate": 1e-4,
+                "paddingFree": padding_free,
+            },
         }
     )
 
 
 def measure(padding_free: bool, steps: int, batch: int, max_tokens: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(recipe(batch, max_tokens), RunOptions(Path(out), padding_free=padding_free))
+        trainer = Trainer(recipe(batch, max_tokens, padding_free), RunOptions(Path(out)))
         trainer.setup()
         schedule = list(trainer.schedule())[: steps + 1]
         trainer.train_step(*schedule[0])  # warm-up step, not timed

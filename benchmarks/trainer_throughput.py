@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import BENCH_LLAMA, RESULTS, SHARED_DATA, format_table, write_results  # noqa: E402
+from finetune_contract import names  # noqa: E402
 
 FRAMEWORKS = ("ours", "hf", "trl")
 BUILTIN_TOKENIZER = "builtin:byte-level"
@@ -208,11 +209,13 @@ def run_ours(work: Path, settings: Settings, out: Path) -> dict[str, Any]:
                 "adamEpsilon": settings.adam_epsilon,
                 "weightDecay": settings.weight_decay,
                 "gradientClipping": settings.gradient_clipping,
+                "paddingFree": True,
             },
         }
     )
     setup_started = time.perf_counter()
-    trainer = Trainer(recipe, RunOptions(out, padding_free=True, cache_dir=work / "cache"))
+    recipe.data.cache_dir = str(work / "cache")
+    trainer = Trainer(recipe, RunOptions(out))
     trainer.setup()
     schedule = list(trainer.schedule())
     samples = trainer.phases[0].samples
@@ -332,7 +335,7 @@ def run_hf_or_trl(work: Path, settings: Settings, out: Path, framework: str) -> 
             model=model,
             args=TrainingArguments(**arguments),
             train_dataset=Dataset.from_list(rows),
-            data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+            data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=names.IGNORE_INDEX),
             processing_class=tokenizer,
         )
     trainer.step_items = {}

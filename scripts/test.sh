@@ -46,7 +46,7 @@ step "mypy"
 mypy
 
 step "generated CRD is fresh"
-python -m finetune_operator.crdgen --check
+python -m finetune_operator.api.crd --check
 
 step "pytest"
 set +e

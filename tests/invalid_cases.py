@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_operator.quantity import POSITIVE_RULE as QUANTITY_RULE
+from finetune_operator.api.quantity import POSITIVE_RULE as QUANTITY_RULE
 from tests.manifests import minimal_job
 
 

@@ -24,6 +24,20 @@ SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 HOST_PORT_FLAGS = ("--health-port", "--metrics-port", "--health-host", "--metrics-host")
 
 
+def version_probe_chart(folder: Path, kube_version: str | None = None) -> Path:
+    """A one-ConfigMap chart whose data.kube is the Kubernetes version Helm believes it renders for (optionally
+    constrained by `kubeVersion`): what Helm's version logic decides, seen from outside."""
+    chart = folder / "probe"
+    (chart / "templates").mkdir(parents=True)
+    constraint = f'kubeVersion: "{kube_version}"\n' if kube_version else ""
+    (chart / "Chart.yaml").write_text(f"apiVersion: v2\nname: probe\nversion: 0.1.0\n{constraint}")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\ndata:\n"
+        '  kube: "{{ .Capabilities.KubeVersion.Version }}"\n'
+    )
+    return chart
+
+
 def kube_version(cluster: Cluster) -> str:
     """The API server's version, for `helm template --kube-version` (the chart requires >= 1.30)."""
     version = json.loads(cluster.kubectl("version", "-o", "json").stdout)
@@ -135,10 +149,16 @@ class Release:
         return args
 
     def can_i(self, verb: str, resource: str, namespace: str | None) -> bool:
-        """`kubectl auth can-i` as the chart's ServiceAccount; namespace None = cluster-wide."""
+        """`kubectl auth can-i` as the chart's ServiceAccount; namespace None = cluster-wide.
+
+        `resource` may name a subresource as `plural.group/status`: kubectl reads `X/Y` as resource X, object NAME Y,
+        so the subresource goes in --subresource (otherwise "patch finetunejobs/status" asks about patching a
+        FineTuneJob named "status", and passes on a plain `patch finetunejobs` grant)."""
         scope = ["-n", namespace] if namespace else ["--all-namespaces"]
         subject = f"system:serviceaccount:{self.namespace}:{self.service_account}"
-        result = self.cluster.kubectl("auth", "can-i", verb, resource, *scope, "--as", subject, check=False)
+        resource, _, subresource = resource.partition("/")
+        extra = [f"--subresource={subresource}"] if subresource else []
+        result = self.cluster.kubectl("auth", "can-i", verb, resource, *extra, *scope, "--as", subject, check=False)
         assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
         return result.stdout.strip() == "yes"
 

@@ -11,6 +11,7 @@ import pytest
 from kubernetes import client
 
 from tests.cluster.controlplane import GPU_NODES, GPU_PRODUCT, GPU_PRODUCT_LABEL, GPU_RESOURCE, GPUS_PER_NODE, Cluster
+from tests.cluster.helm_chart import version_probe_chart
 from tests.cluster.sockets import is_loopback, listening_addresses
 from tests.cluster.waiting import wait_for
 
@@ -80,13 +81,7 @@ def test_helm_installs_a_chart_that_constrains_the_kube_version(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
     """Helm refuses charts whose kubeVersion the server does not satisfy: proves the version stamp."""
-    chart = tmp_path / "probe"
-    (chart / "templates").mkdir(parents=True)
-    (chart / "Chart.yaml").write_text('apiVersion: v2\nname: probe\nversion: 0.1.0\nkubeVersion: ">=1.30.0-0"\n')
-    (chart / "templates" / "cm.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: probe\ndata:\n"
-        '  kube: "{{ .Capabilities.KubeVersion.Version }}"\n'
-    )
+    chart = version_probe_chart(tmp_path, ">=1.30.0-0")
     env = {
         **os.environ,
         "KUBECONFIG": str(cluster.kubeconfig),

@@ -21,7 +21,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator.render import child_name
+from finetune_contract import names
+from finetune_operator.children.pytorchjob import child_name
 from tests.cluster.components import free_port
 from tests.cluster.controlplane import Cluster
 from tests.cluster.nodeagent_handle import NodeAgentHandle
@@ -52,11 +53,11 @@ BAD_POLICY = {
 }
 # lr 1e-3: loss falls 5.6 -> ~0.1 and grad norm stays under 10 over hundreds of steps.
 SANE_POLICY = {"checkAfterSteps": 3, "windowSteps": 2, "maxGradNorm": 1000.0, "evaluationIntervalSeconds": INTERVAL_S}
-# Test-only trainer hooks, injected by the node agent from namespace annotations (FINETUNE_* is reserved in
-# spec.resources.env): NaN from this step on, and no self-exit on persistent NaN (the trainer's own guard would
-# otherwise end the run with exit 3 after 4 NaN steps, ~0.15 s here: before any scrape or evaluation).
+# Test-only trainer hook, injected by the node agent from a namespace annotation (FINETUNE_* is reserved in
+# spec.resources.env): NaN from this step on. The run also sets training.maxNonFiniteSteps high, or the trainer's
+# own guard would end it with exit 3 after 4 NaN steps, ~0.15 s here: before any scrape or evaluation.
 NAN_STEP = 30
-NAN_ENV = {"FINETUNE_FAULT_NAN_AT_STEP": str(NAN_STEP), "FINETUNE_MAX_NONFINITE_STEPS": "1000000"}
+NAN_ENV = {names.ENV_FAULT_NAN_AT_STEP: str(NAN_STEP)}
 
 
 class Operator(OperatorProcess):
@@ -264,7 +265,7 @@ def test_nan_is_stopped_at_once(
 ) -> None:
     annotate_namespace(api, namespace, {ENV_ANNOTATION_PREFIX + key: value for key, value in NAN_ENV.items()})
     policy = {"checkAfterSteps": 10_000, "windowSteps": 2, "evaluationIntervalSeconds": INTERVAL_S}
-    training = {"learningRate": 1e-3, "maxSteps": 20_000}
+    training = {"learningRate": 1e-3, "maxSteps": 20_000, "maxNonFiniteSteps": 1_000_000}
     run = start_run(api, namespace, es_operator, node_agent, tmp_path, "nan", training, policy)
     evidence = assert_stopped(run, "NonFinite", "nonFinite", ["loss", "gradNorm"])  # both NaN from the fault on
     assert NAN_STEP <= evidence["fromStep"] < policy["checkAfterSteps"], evidence  # at once: no window, no wait

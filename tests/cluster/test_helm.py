@@ -33,6 +33,7 @@ from tests.cluster.helm_chart import (
     create_namespace,
     install_monitoring_crds,
     kube_version,
+    version_probe_chart,
 )
 from tests.cluster.operator_process import CRD_NAME, TRAINER_IMAGE
 from tests.cluster.trainer_jobs import create_ftj, get_ftj
@@ -72,18 +73,12 @@ def test_template_without_a_cluster_assumes_a_current_kubernetes(helm: str, tmp_
     """`helm template` with no cluster and no --kube-version, as users run it in CI pipelines and GitOps tools:
     the chart (kubeVersion >= 1.30) renders, because helm carries the default Kubernetes version its release
     build stamps (an unstamped build assumes v1.20.0 and refuses the chart)."""
-    probe = tmp_path / "probe"
-    (probe / "templates").mkdir(parents=True)
-    (probe / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\n")
-    (probe / "templates" / "version.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\n"
-        "data: {version: '{{ .Capabilities.KubeVersion.Version }}'}\n"
-    )
+    probe = version_probe_chart(tmp_path)
     env = {key: value for key, value in os.environ.items() if key != "KUBECONFIG"}
     shown = subprocess.run(
         [helm, "template", "p", str(probe)], capture_output=True, text=True, timeout=60, check=True, env=env
     )
-    version = yaml.safe_load(shown.stdout)["data"]["version"]
+    version = yaml.safe_load(shown.stdout)["data"]["kube"]
     major, minor = (int(part) for part in version.removeprefix("v").split(".")[:2])
     assert (major, minor) >= (1, 30), version
     result = subprocess.run(
@@ -313,6 +308,7 @@ def test_cluster_identity_is_least_privilege(cluster_release: Release, tmp_path:
         ("list", "finetunejobs.finetune.dev", None),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("create", "events", "default"),
+        ("list", "events", None),  # the FailedCreatePod check: one field-selected LIST for all jobs
     ):
         assert can(verb, resource, where), f"cannot {verb} {resource} in {where}"
     for verb, resource, where in (
@@ -323,6 +319,7 @@ def test_cluster_identity_is_least_privilege(cluster_release: Release, tmp_path:
         ("create", "pods", ns),
         ("watch", "pods", None),
         ("update", "finetunejobs.finetune.dev/status", "default"),
+        ("patch", "finetunejobs.finetune.dev", "default"),  # no annotations: only the status is written
         ("delete", "finetunejobs.finetune.dev", "default"),
         ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("create", "clusterroles.rbac.authorization.k8s.io", None),

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator.render import render_pytorchjob
+from finetune_operator.children.pytorchjob import render_pytorchjob
 from tests.cluster import nodeagent_objects as agent_objects
 from tests.cluster.components import FAKE_NODE_ANNOTATION, free_port
 from tests.cluster.controlplane import GPU_RESOURCE, Cluster

@@ -25,7 +25,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator.render import child_name
+from finetune_operator.children.pytorchjob import child_name
 from tests.cluster.controlplane import GPU_NODES, GPU_PRODUCT, GPU_PRODUCT_LABEL, GPUS_PER_NODE, Cluster
 from tests.cluster.operator_process import CRD_FILE, TRAINER_IMAGE, OperatorProcess, wait_stable
 from tests.cluster.pytorchjobs import (

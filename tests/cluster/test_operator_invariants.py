@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator.render import child_name
+from finetune_operator.children.pytorchjob import child_name
 from tests.cluster.controlplane import Cluster
 from tests.cluster.operator_process import OperatorProcess
 from tests.cluster.pytorchjobs import create_pytorchjob, get_pytorchjob, handwritten_pytorchjob
@@ -59,6 +59,26 @@ def condition(api: client.ApiClient, namespace: str, name: str, kind: str) -> di
     return conditions_of(get_ftj(api, namespace, name)).get(kind) or {}
 
 
+def wait_condition(
+    operator: OperatorProcess,
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    kind: str,
+    timeout: float = 30,
+    **want: str,
+) -> dict[str, Any]:
+    """Wait until the job's condition `kind` has every field in `want` (e.g. status="True"); return it."""
+
+    def matching() -> dict[str, Any] | None:
+        found = condition(api, namespace, name, kind)
+        return found if found and all(found.get(key) == value for key, value in want.items()) else None
+
+    described = ", ".join(f"{key}={value}" for key, value in want.items())
+    result: dict[str, Any] = operator.wait_for(matching, timeout, f"{name}: condition {kind} with {described}")
+    return result
+
+
 # -- 1. exactly one child ----------------------------------------------------------------------------------------
 
 
@@ -79,14 +99,7 @@ def test_exactly_one_child_through_immutable_and_mutable_changes(
 
     # Immutable: the node count (the child's name once depended on it).
     patch_spec(api, namespace, name, {"resources": {"nodes": 12}})
-    rejected = operator_process.wait_for(
-        lambda: (
-            condition(api, namespace, name, "SpecChangeRejected").get("status") == "True"
-            and condition(api, namespace, name, "SpecChangeRejected")
-        ),
-        30,
-        "SpecChangeRejected=True after nodes 1 -> 12",
-    )
+    rejected = wait_condition(operator_process, api, namespace, name, "SpecChangeRejected", 30, status="True")
     assert rejected["reason"] == "ImmutableFieldChanged"
     assert "spec.resources.nodes" in rejected["message"], rejected
     assert one_child(), children(api, namespace)
@@ -98,11 +111,7 @@ def test_exactly_one_child_through_immutable_and_mutable_changes(
         30,
         "the queue label on the one child",
     )
-    operator_process.wait_for(
-        lambda: condition(api, namespace, name, "SpecChangeRejected").get("reason") == "SpecApplied",
-        30,
-        "SpecApplied after the revert",
-    )
+    wait_condition(operator_process, api, namespace, name, "SpecChangeRejected", 30, reason="SpecApplied")
     stays(one_child, 2, "exactly one child, the first one, recorded")
 
 
@@ -202,14 +211,7 @@ def test_child_that_cannot_create_pods_says_so(
     )
     name = "podless"
     create_ftj(api, namespace, small_job(name))
-    found = operator_process.wait_for(
-        lambda: (
-            condition(api, namespace, name, "PodsNotCreated").get("status") == "True"
-            and condition(api, namespace, name, "PodsNotCreated")
-        ),
-        60,
-        "condition PodsNotCreated=True",
-    )
+    found = wait_condition(operator_process, api, namespace, name, "PodsNotCreated", 60, status="True")
     assert found["reason"] == "FailedCreatePod"
     assert "exceeded quota" in found["message"], found
     assert (get_ftj(api, namespace, name).get("status") or {}).get("phase") == "Pending"
@@ -241,13 +243,8 @@ def test_recreated_job_waits_for_its_predecessors_child(
     )
     new = create_ftj(api, namespace, small_job(name))
     assert new["metadata"]["uid"] != old["metadata"]["uid"]
-    waiting = operator_process.wait_for(
-        lambda: (
-            condition(api, namespace, name, "ChildConflict").get("reason") == "PreviousChildTerminating"
-            and condition(api, namespace, name, "ChildConflict")
-        ),
-        30,
-        "ChildConflict=PreviousChildTerminating",
+    waiting = wait_condition(
+        operator_process, api, namespace, name, "ChildConflict", 30, reason="PreviousChildTerminating"
     )
     assert waiting["status"] == "True"
 
@@ -263,9 +260,7 @@ def test_recreated_job_waits_for_its_predecessors_child(
         return [ref["uid"] for ref in refs] == [new["metadata"]["uid"]]
 
     operator_process.wait_for(owned_by_new, 30, "a new child owned by the new FineTuneJob")
-    operator_process.wait_for(
-        lambda: condition(api, namespace, name, "ChildConflict").get("status") == "False", 30, "ChildConflict=False"
-    )
+    wait_condition(operator_process, api, namespace, name, "ChildConflict", 30, status="False")
     assert child_of(api, namespace, name) == child
     stays(lambda: len(children(api, namespace)) == 1, 2, "exactly one child")
 
@@ -276,14 +271,7 @@ def test_name_held_by_a_foreign_pytorchjob_is_reported_not_adopted(
     name = "squatted"
     foreign = create_pytorchjob(api, namespace, handwritten_pytorchjob(child_name(name), workers=0, gpus=1))
     create_ftj(api, namespace, small_job(name))
-    reported = operator_process.wait_for(
-        lambda: (
-            condition(api, namespace, name, "ChildConflict").get("status") == "True"
-            and condition(api, namespace, name, "ChildConflict")
-        ),
-        30,
-        "ChildConflict=True",
-    )
+    reported = wait_condition(operator_process, api, namespace, name, "ChildConflict", 30, status="True")
     assert reported["reason"] == "ChildNameTaken"
     assert child_name(name) in reported["message"]
     assert (get_ftj(api, namespace, name).get("status") or {}).get("phase") == "Pending"
@@ -298,9 +286,5 @@ def test_name_held_by_a_foreign_pytorchjob_is_reported_not_adopted(
         "kubeflow.org", "v1", namespace, "pytorchjobs", child_name(name)
     )
     wait_for(lambda: pytorchjob_gone(api, namespace, child_name(name)), 30, "the foreign PyTorchJob gone")
-    operator_process.wait_for(
-        lambda: condition(api, namespace, name, "ChildConflict").get("status") == "False",
-        30,
-        "the job's own child created once the name is free",
-    )
+    wait_condition(operator_process, api, namespace, name, "ChildConflict", 30, status="False")
     assert [job["metadata"]["ownerReferences"][0]["name"] for job in children(api, namespace)] == [name]

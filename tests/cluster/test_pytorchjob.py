@@ -10,7 +10,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator.render import render_pytorchjob
+from finetune_operator.children.pytorchjob import render_pytorchjob
 from tests.cluster.controlplane import GPU_PRODUCT, GPU_PRODUCT_LABEL, GPU_RESOURCE
 from tests.cluster.pytorchjobs import (
     REPLICA_TYPE_LABEL,

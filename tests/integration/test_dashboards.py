@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.opmetrics import OperatorMetrics
-from tests.integration.test_metrics_source import start_prometheus
+from finetune_operator.metrics.operator import OperatorMetrics
+from tests.operator.metrics.test_source import start_prometheus
 from tests.trainer.test_metrics import free_port
 from tests.trainer.test_trainer import finish, launch, recipe
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.render import TRAINER_COMMAND
+from finetune_operator.children.pytorchjob import TRAINER_COMMAND
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_DOCKERFILE = REPO / "Dockerfile"

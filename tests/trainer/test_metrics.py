@@ -13,7 +13,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from finetune_trainer.metrics import ConsoleLogger, Identity, JsonlLogger, PrometheusLogger, StepRecord
+from finetune_contract.records import StepRecord
+from finetune_trainer.metrics import ConsoleLogger, Identity, JsonlLogger, PrometheusLogger
 
 SERIES = (
     "finetune_train_loss",
@@ -35,8 +36,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def record(step: int, loss: float = 2.0, grad_norm: float = 1.5) -> StepRecord:
-    return StepRecord(step, 10, loss, grad_norm, 1e-4, 32, 1000, 0.5, 0, "stacked")
+def record(
+    step: int,
+    loss: float = 2.0,
+    grad_norm: float = 1.5,
+    total_steps: int = 10,
+    phase: str = "stacked",
+    samples: int = 32,
+) -> StepRecord:
+    """A trainer step record as rank 0 logs it (shared by the metrics tests and benchmarks)."""
+    return StepRecord(
+        step=step,
+        total_steps=total_steps,
+        loss=loss,
+        grad_norm=grad_norm,
+        learning_rate=1e-4,
+        samples=samples,
+        tokens=1000,
+        step_duration_seconds=0.5,
+        epoch=0,
+        phase=phase,
+    )
 
 
 def scrape(port: int) -> str:
@@ -76,8 +96,8 @@ def test_every_series_is_served_with_the_identity_labels(prometheus) -> None:
 
 
 def test_phase_gauge_marks_only_the_current_phase(prometheus) -> None:
-    prometheus.log_step(StepRecord(1, 10, 2.0, 1.0, 1e-4, 4, 10, 0.1, 0, "knowledge"))
-    prometheus.log_step(StepRecord(2, 10, 2.0, 1.0, 1e-4, 4, 10, 0.1, 0, "skills"))
+    prometheus.log_step(record(1, phase="knowledge"))
+    prometheus.log_step(record(2, phase="skills"))
     phases = {s.labels["phase"]: s.value for s in samples_by_name(scrape(prometheus.port))["finetune_phase"]}
     assert phases == {"knowledge": 0.0, "skills": 1.0}
 

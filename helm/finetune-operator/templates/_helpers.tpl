@@ -106,11 +106,12 @@ RBAC rules for the namespaced resources the operator reads and writes. Every ver
 (operator/src/finetune_operator/kube.py, evaluator.py, handlers.py) or Kopf actually calls.
 */}}
 {{- define "finetune-operator.namespacedRules" -}}
-# FineTuneJobs: Kopf lists/watches them and patches its progress/diff-base annotations; the reconcilers get them.
+# FineTuneJobs: Kopf lists/watches them, the reconcilers get them. No patch: the operator writes no annotations
+# (it registers no Kopf change handlers, which would keep their bookkeeping there).
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch", "patch"]
-# Status is a subresource: the reconcilers, the evaluator and Kopf only PATCH it (a resourceVersion in the
+  verbs: ["get", "list", "watch"]
+# Status is a subresource: the reconcilers and early stopping only PATCH it (a resourceVersion in the
 # patch body is the precondition); never read or PUT through the subresource.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/status"]

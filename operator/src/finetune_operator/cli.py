@@ -13,10 +13,11 @@ from pathlib import Path
 
 import yaml
 
-from finetune_operator import config, crdgen
+from finetune_operator import config
 from finetune_operator.api import FineTuneJob
-from finetune_operator.render import DEFAULT_TRAINER_IMAGE, render
-from finetune_operator.validation import FieldError, InvalidInputError, parse_documents, validate_manifest
+from finetune_operator.api import crd as crdgen
+from finetune_operator.api.validation import FieldError, InvalidInputError, parse_documents, validate_manifest
+from finetune_operator.children.pytorchjob import DEFAULT_TRAINER_IMAGE, render
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -73,7 +74,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     if len(jobs) != 1:
         rule = f"finetune local runs exactly one FineTuneJob; the file holds {len(jobs)}"
         raise InvalidInputError([FieldError("", rule, source=source)])
-    from finetune_operator.local import run_local  # torch/matplotlib stay out of `render` and `validate`
+    from finetune_operator.local.run import run_local  # torch/matplotlib stay out of `render` and `validate`
 
     return run_local(jobs[0], source=source, output=args.output, port=args.port)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from finetune_operator.render import DEFAULT_TRAINER_IMAGE
+from finetune_operator.children.pytorchjob import DEFAULT_TRAINER_IMAGE
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,9 @@ class OperatorConfig:
     metrics_port: int = 9090
     peering: str | None = None
     """Kopf peering name for HA (one active instance); None runs standalone."""
-    evaluation_interval_seconds: float = 30.0
-    """Default early-stopping evaluation interval (a FineTuneJob may set its own)."""
     pod_check_interval_seconds: float = 30.0
     """How often Pending jobs are checked for pods their child cannot create (one Event LIST per check)."""
     log_format: str = "json"
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def clusterwide(self) -> bool:
@@ -56,7 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", help="operator metrics address (default 0.0.0.0)")
     parser.add_argument("--metrics-port", type=int, help="operator metrics port (default 9090): GET /metrics")
     parser.add_argument("--peering", help="Kopf peering name: run as one of several replicas, one active")
-    parser.add_argument("--evaluation-interval", type=float, help="default early-stopping interval in seconds")
     parser.add_argument(
         "--pod-check-interval", type=float, help="seconds between checks for pods a child cannot create (default 30)"
     )
@@ -83,9 +79,6 @@ def from_arguments(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         metrics_host=pick(args.metrics_host, "METRICS_HOST") or defaults.metrics_host,
         metrics_port=int(pick(args.metrics_port, "METRICS_PORT") or defaults.metrics_port),
         peering=pick(args.peering, "PEERING") or None,
-        evaluation_interval_seconds=float(
-            pick(args.evaluation_interval, "EVALUATION_INTERVAL") or defaults.evaluation_interval_seconds
-        ),
         pod_check_interval_seconds=float(
             pick(args.pod_check_interval, "POD_CHECK_INTERVAL") or defaults.pod_check_interval_seconds
         ),

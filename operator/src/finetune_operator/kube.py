@@ -9,11 +9,10 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from finetune_contract import names
 from finetune_operator.api import GROUP, PLURAL, VERSION
-from finetune_operator.render import PYTORCHJOB_KIND
 
-KUBEFLOW_GROUP, KUBEFLOW_VERSION, PYTORCHJOB_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
-POD_JOB_LABEL = "training.kubeflow.org/job-name"
+CHILD = (names.PYTORCHJOB_GROUP, names.PYTORCHJOB_VERSION)
 Manifest = dict[str, Any]
 HANDLER_THREADS = 16
 """Kopf's thread pool for our (synchronous) handlers."""
@@ -52,9 +51,7 @@ class Kube:
         try:
             child = cast(
                 Manifest,
-                self.custom.get_namespaced_custom_object(
-                    KUBEFLOW_GROUP, KUBEFLOW_VERSION, namespace, PYTORCHJOB_PLURAL, name
-                ),
+                self.custom.get_namespaced_custom_object(*CHILD, namespace, names.PYTORCHJOB_PLURAL, name),
             )
         except ApiException as error:
             if is_status(error, 404):
@@ -64,24 +61,19 @@ class Kube:
 
     def create_child(self, namespace: str, manifest: Manifest) -> Manifest:
         """Create the PyTorchJob; raises ApiException(409) if one of that name exists."""
-        created = self.custom.create_namespaced_custom_object(
-            KUBEFLOW_GROUP, KUBEFLOW_VERSION, namespace, PYTORCHJOB_PLURAL, manifest
-        )
+        created = self.custom.create_namespaced_custom_object(*CHILD, namespace, names.PYTORCHJOB_PLURAL, manifest)
         return cast(Manifest, created)
 
     def patch_child(self, namespace: str, name: str, patch: Manifest) -> None:
-        self.custom.patch_namespaced_custom_object(
-            KUBEFLOW_GROUP, KUBEFLOW_VERSION, namespace, PYTORCHJOB_PLURAL, name, patch
-        )
+        self.custom.patch_namespaced_custom_object(*CHILD, namespace, names.PYTORCHJOB_PLURAL, name, patch)
 
     def delete_child(self, namespace: str, name: str) -> bool:
         """Delete the PyTorchJob and, in the background, its pods; False if it was already gone."""
         try:
             self.custom.delete_namespaced_custom_object(
-                KUBEFLOW_GROUP,
-                KUBEFLOW_VERSION,
+                *CHILD,
                 namespace,
-                PYTORCHJOB_PLURAL,
+                names.PYTORCHJOB_PLURAL,
                 name,
                 body=client.V1DeleteOptions(propagation_policy="Background"),
             )
@@ -138,14 +130,14 @@ class Kube:
             first_timestamp=stamp,
             last_timestamp=stamp,
             count=1,
-            source=client.V1EventSource(component="finetune-operator"),
-            reporting_component="finetune-operator",
+            source=client.V1EventSource(component=names.MANAGED_BY),
+            reporting_component=names.MANAGED_BY,
         )
         self.core.create_namespaced_event(metadata["namespace"], event)
 
     def list_child_events(self, namespaces: tuple[str, ...], reason: str) -> list[Manifest]:
         """Events with this reason on PyTorchJobs, in the watched namespaces (all when empty): one LIST each."""
-        selector = f"involvedObject.kind={PYTORCHJOB_KIND},reason={reason}"
+        selector = f"involvedObject.kind={names.PYTORCHJOB_KIND},reason={reason}"
         if not namespaces:
             listed = [self.core.list_event_for_all_namespaces(field_selector=selector)]
         else:
@@ -157,7 +149,9 @@ class Kube:
         ]
 
     def child_pods(self, namespace: str, child_name: str) -> list[Manifest]:
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{POD_JOB_LABEL}={child_name}")
+        pods = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{names.TRAINING_OPERATOR_JOB_LABEL}={child_name}"
+        )
         return [self.api.sanitize_for_serialization(pod) for pod in pods.items]  # type: ignore[no-untyped-call]
 
 
@@ -187,4 +181,4 @@ def parent_of(child: Manifest) -> tuple[str, str, str] | None:
     return None
 
 
-__all__ = ["PYTORCHJOB_KIND", "ApiException", "Kube", "api_client", "owned_by", "owner_reference", "parent_of"]
+__all__ = ["ApiException", "Kube", "api_client", "owned_by", "owner_reference", "parent_of"]

@@ -14,7 +14,7 @@ import kopf
 
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import Kube, api_client
-from finetune_operator.opmetrics import OperatorMetrics
+from finetune_operator.metrics.operator import OperatorMetrics
 from finetune_operator.reconcile.common import Context
 
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from finetune_contract import names
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NONFINITE = 0, 1, 2, 3
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="finetune_trainer", description=__doc__)
+    parser = argparse.ArgumentParser(prog=names.TRAINER_MODULE, description=__doc__)
     parser.add_argument("--recipe", type=Path, help="recipe JSON file (default: the FINETUNE_RECIPE env var)")
     return parser.parse_args(argv)
 

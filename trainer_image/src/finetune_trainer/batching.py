@@ -27,7 +27,7 @@ from typing import Protocol
 
 import torch
 
-IGNORE_INDEX = -100
+from finetune_contract.names import IGNORE_INDEX
 
 
 class SampleLike(Protocol):

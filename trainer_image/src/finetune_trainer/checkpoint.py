@@ -1,9 +1,10 @@
 """Checkpoints that resume exactly and are never half-read.
 
-A checkpoint is a directory `checkpoint-<step>/` holding the model in Hugging Face format (safetensors, in the
-training dtype), the tokenizer, and `trainer_state.pt` (optimizer, step, RNG states; the LR is a function of
-the step). It is written under a temporary name and renamed into place only when complete, with a `COMPLETE`
-marker inside: a pod killed mid-write leaves a `.tmp` directory that resume ignores and the next save removes.
+A checkpoint (its layout and discovery: finetune_contract.checkpoints) is a directory per step holding the model
+in Hugging Face format (safetensors, in the training dtype), the tokenizer, and `trainer_state.pt` (optimizer,
+step, RNG states; the LR is a function of the step). It is written under a temporary name and renamed into place
+only when complete, with a `COMPLETE` marker inside: a pod killed mid-write leaves a `.tmp` directory that resume
+ignores and the next save removes.
 
 State dicts are gathered with torch.distributed.checkpoint's full-state-dict API, which works the same for a
 single process, DDP and FSDP2 (DTensor shards are gathered, never saved rank-locally).
@@ -13,9 +14,7 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,36 +29,16 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE_MARKER = "COMPLETE"
+from finetune_contract.checkpoints import (
+    CHECKPOINT_PREFIX,
+    COMPLETE_MARKER,
+    FINAL_DIR,
+    ResumePoint,
+    checkpoint_dirs,
+    checkpoint_name,
+)
+
 STATE_FILE = "trainer_state.pt"
-FINAL_DIR = "final"
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """Where training continues: the optimizer step already completed, and the directory it came from."""
-
-    step: int
-    path: Path
-
-
-def checkpoint_dirs(output_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first."""
-    if not output_dir.is_dir():
-        return []
-    found = []
-    for child in output_dir.iterdir():
-        match = CHECKPOINT_PATTERN.match(child.name)
-        if match and (child / COMPLETE_MARKER).is_file():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def latest_checkpoint(output_dir: Path) -> ResumePoint | None:
-    """The newest COMPLETE checkpoint; incomplete or temporary directories are ignored."""
-    found = checkpoint_dirs(output_dir)
-    return ResumePoint(*found[-1]) if found else None
 
 
 def _full_options(**extra: Any) -> StateDictOptions:
@@ -95,9 +74,9 @@ def save_checkpoint(
     """Gather full state on every rank (collective), write it from rank 0 atomically. Returns the final path."""
     model_state = get_model_state_dict(model, options=_full_options())
     optim_state = get_optimizer_state_dict(model, optimizer, options=_full_options())
-    target = output_dir / f"checkpoint-{step}"
+    target = output_dir / checkpoint_name(step)
     if rank == 0:
-        tmp = output_dir / f"checkpoint-{step}.tmp"
+        tmp = output_dir / f"{checkpoint_name(step)}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_hf(tmp, hf_model, tokenizer, model_state, dtype)
@@ -167,7 +146,7 @@ def prune_checkpoints(output_dir: Path, keep_last: int, rank: int) -> list[Path]
     if rank != 0:
         return []
     removed = [path for _, path in checkpoint_dirs(output_dir)[:-keep_last]]
-    removed += [path for path in output_dir.glob("checkpoint-*.tmp") if path.is_dir()]
+    removed += [path for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*.tmp") if path.is_dir()]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed

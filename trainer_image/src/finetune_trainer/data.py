@@ -26,11 +26,11 @@ import jinja2
 import numpy as np
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from finetune_contract.names import IGNORE_INDEX
 from finetune_trainer import __version__
 from finetune_trainer.config import DatasetSpec
 from finetune_trainer.tokenizer import chat_template_for, tokenizer_fingerprint
 
-IGNORE_INDEX = -100
 """Label of tokens that are not trained on (PyTorch cross-entropy's default ignore_index)."""
 CACHE_VERSION = 1
 """Bump when loading or tokenizing changes what a cache file holds; part of the cache key."""

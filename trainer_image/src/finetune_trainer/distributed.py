@@ -12,6 +12,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from finetune_contract import names
+
 
 @dataclass(frozen=True)
 class World:
@@ -30,7 +32,7 @@ def init_world(timeout_minutes: int = 30) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and os.environ.get("FINETUNE_DEVICE", "") != "cpu"
+    cuda = torch.cuda.is_available() and os.environ.get(names.ENV_DEVICE, "") != "cpu"
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)

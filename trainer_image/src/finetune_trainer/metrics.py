@@ -13,34 +13,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-ENV_JOB_NAME = "FINETUNE_JOB_NAME"
-ENV_JOB_NAMESPACE = "FINETUNE_JOB_NAMESPACE"
-ENV_METRICS_PORT = "FINETUNE_METRICS_PORT"
-IDENTITY_LABELS = ("finetunejob", "namespace")
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """One optimizer step, globally reduced. `tokens` are loss-counted tokens (what the loss averages over)."""
-
-    step: int
-    total_steps: int
-    loss: float
-    grad_norm: float
-    learning_rate: float
-    samples: int
-    tokens: int
-    step_duration_seconds: float
-    epoch: int
-    phase: str
-    micro_steps: int = 1
-    time: float = 0.0
+from finetune_contract import names
+from finetune_contract.checkpoints import METRICS_FILE
+from finetune_contract.records import KIND, KIND_EVAL, KIND_EVENT, StepRecord
 
 
 @dataclass(frozen=True)
@@ -53,10 +34,10 @@ class Identity:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Identity:
         source = os.environ if env is None else env
-        return cls(source.get(ENV_JOB_NAME, "local"), source.get(ENV_JOB_NAMESPACE, "local"))
+        return cls(source.get(names.ENV_JOB_NAME, "local"), source.get(names.ENV_JOB_NAMESPACE, "local"))
 
     def labels(self) -> dict[str, str]:
-        return {"finetunejob": self.finetunejob, "namespace": self.namespace}
+        return {names.LABEL_JOB: self.finetunejob, names.LABEL_NAMESPACE: self.namespace}
 
 
 class MetricLogger(Protocol):
@@ -77,25 +58,28 @@ class PrometheusLogger:
     def __init__(self, identity: Identity, port: int, addr: str = "0.0.0.0", total_steps: int = 0) -> None:
         self.registry = CollectorRegistry()
         self.labels = identity.labels()
-        names = list(IDENTITY_LABELS)
+        labels = list(names.IDENTITY_LABELS)
         gauges = {
-            "loss": ("finetune_train_loss", "Training loss: token-weighted mean over the effective batch."),
-            "grad_norm": ("finetune_grad_norm", "Global L2 norm of the gradients before clipping."),
-            "lr": ("finetune_learning_rate", "Learning rate of the last optimizer step."),
-            "step": ("finetune_optimizer_step", "Optimizer steps completed."),
-            "total": ("finetune_total_steps", "Optimizer steps of the whole run."),
-            "duration": ("finetune_step_duration_seconds", "Wall time of the last optimizer step."),
-            "eval": ("finetune_eval_loss", "Evaluation loss (token-weighted mean over the eval split)."),
-            "epoch": ("finetune_epoch", "Current epoch (0-based) within the current phase."),
+            "loss": (names.METRIC_LOSS, "Training loss: token-weighted mean over the effective batch."),
+            "grad_norm": (names.METRIC_GRAD_NORM, "Global L2 norm of the gradients before clipping."),
+            "lr": (names.METRIC_LEARNING_RATE, "Learning rate of the last optimizer step."),
+            "step": (names.METRIC_STEP, "Optimizer steps completed."),
+            "total": (names.METRIC_TOTAL_STEPS, "Optimizer steps of the whole run."),
+            "duration": (names.METRIC_STEP_DURATION, "Wall time of the last optimizer step."),
+            "eval": (names.METRIC_EVAL_LOSS, "Evaluation loss (token-weighted mean over the eval split)."),
+            "epoch": (names.METRIC_EPOCH, "Current epoch (0-based) within the current phase."),
         }
-        self.gauges = {key: Gauge(name, doc, names, registry=self.registry) for key, (name, doc) in gauges.items()}
+        self.gauges = {key: Gauge(name, doc, labels, registry=self.registry) for key, (name, doc) in gauges.items()}
         self.phase = Gauge(
-            "finetune_phase", "1 for the phase being trained.", [*names, "phase"], registry=self.registry
+            names.METRIC_TRAINING_PHASE,
+            "1 for the training phase being trained.",
+            [*labels, names.LABEL_TRAINING_PHASE],
+            registry=self.registry,
         )
-        self.samples = Counter("finetune_samples", "Samples trained on.", names, registry=self.registry)
-        self.tokens = Counter("finetune_tokens", "Loss-counted tokens trained on.", names, registry=self.registry)
+        self.samples = Counter(names.METRIC_SAMPLES, "Samples trained on.", labels, registry=self.registry)
+        self.tokens = Counter(names.METRIC_TOKENS, "Loss-counted tokens trained on.", labels, registry=self.registry)
         self.nonfinite = Counter(
-            "finetune_nonfinite_steps", "Steps with NaN/Inf loss or gradient norm.", names, registry=self.registry
+            names.METRIC_NONFINITE_STEPS, "Steps with NaN/Inf loss or gradient norm.", labels, registry=self.registry
         )
         self.gauges["total"].labels(**self.labels).set(total_steps)
         self.server, self.thread = start_http_server(port, addr=addr, registry=self.registry)
@@ -113,10 +97,10 @@ class PrometheusLogger:
             "epoch": record.epoch,
         }
         for key, value in values.items():
-            self.gauges[key].labels(**self.labels).set(value)
+            self.gauges[key].labels(**self.labels).set(math.nan if value is None else value)
         self.samples.labels(**self.labels).inc(record.samples)
         self.tokens.labels(**self.labels).inc(record.tokens)
-        if not (math.isfinite(record.loss) and math.isfinite(record.grad_norm)):
+        if not record.finite:
             self.nonfinite.labels(**self.labels).inc()
         self._set_phase(record.phase)
 
@@ -124,8 +108,8 @@ class PrometheusLogger:
         if phase == self._current_phase:
             return
         if self._current_phase is not None:
-            self.phase.labels(**self.labels, phase=self._current_phase).set(0)
-        self.phase.labels(**self.labels, phase=phase).set(1)
+            self.phase.labels(**self.labels, **{names.LABEL_TRAINING_PHASE: self._current_phase}).set(0)
+        self.phase.labels(**self.labels, **{names.LABEL_TRAINING_PHASE: phase}).set(1)
         self._current_phase = phase
 
     def log_eval(self, step: int, loss: float) -> None:
@@ -149,18 +133,19 @@ class JsonlLogger:
         self.file = path.open("a", encoding="utf-8")
 
     def _write(self, kind: str, payload: dict[str, Any]) -> None:
-        line = {"kind": kind, "time": time.time(), **self.identity, **payload}
+        line = {KIND: kind, "time": time.time(), **self.identity, **payload}
         self.file.write(json.dumps(line, allow_nan=True) + "\n")
         self.file.flush()
 
     def log_step(self, record: StepRecord) -> None:
-        self._write("step", asdict(record))
+        payload = record.to_json()
+        self._write(payload.pop(KIND), payload)
 
     def log_eval(self, step: int, loss: float) -> None:
-        self._write("eval", {"step": step, "eval_loss": loss})
+        self._write(KIND_EVAL, {"step": step, "eval_loss": loss})
 
     def log_event(self, event: str, **fields: Any) -> None:
-        self._write("event", {"event": event, **fields})
+        self._write(KIND_EVENT, {"event": event, **fields})
 
     def close(self) -> None:
         self.file.close()
@@ -181,8 +166,9 @@ class ConsoleLogger:
         tokens_per_s = record.tokens / record.step_duration_seconds if record.step_duration_seconds > 0 else 0.0
         eta = self._eta(record)
         text = (
-            f"step {record.step}/{record.total_steps} loss {record.loss:.4f} grad_norm {record.grad_norm:.4f} "
-            f"lr {record.learning_rate:.3g} tok/s {tokens_per_s:,.0f} eta {eta} phase {record.phase}"
+            f"step {record.step}/{record.total_steps} loss {_shown(record.loss, '.4f')} "
+            f"grad_norm {_shown(record.grad_norm, '.4f')} lr {_shown(record.learning_rate, '.3g')} "
+            f"tok/s {tokens_per_s:,.0f} eta {eta} phase {record.phase}"
         )
         if self.interactive:
             self.stream.write("\r\033[K" + text)
@@ -247,7 +233,11 @@ def build_logger(
     if rank != 0:
         return MultiLogger([])
     who = identity or Identity.from_env()
-    loggers: list[MetricLogger] = [ConsoleLogger(), JsonlLogger(output_dir / "metrics.jsonl", who)]
+    loggers: list[MetricLogger] = [ConsoleLogger(), JsonlLogger(output_dir / METRICS_FILE, who)]
     if port:
         loggers.append(PrometheusLogger(who, port, addr=addr, total_steps=total_steps))
     return MultiLogger(loggers)
+
+
+def _shown(value: float | None, spec: str) -> str:
+    return "?" if value is None else format(value, spec)

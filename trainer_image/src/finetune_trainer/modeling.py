@@ -13,7 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from finetune_trainer import attention
-from finetune_trainer.config import Attention, DType, ModelSpec
+from finetune_trainer.config import Attention, DType, ModelSpec, ParallelMode
 from finetune_trainer.distributed import World
 
 _DTYPES = {DType.bfloat16: torch.bfloat16, DType.float16: torch.float16, DType.float32: torch.float32}
@@ -63,14 +63,16 @@ def _config_for_tokenizer(config: dict[str, Any], tokenizer: Any) -> dict[str, A
     return merged
 
 
-def wrap_model(model: PreTrainedModel, world: World, parallel: str, dtype: torch.dtype) -> torch.nn.Module:
+def wrap_model(model: PreTrainedModel, world: World, parallel: ParallelMode, dtype: torch.dtype) -> torch.nn.Module:
     """Single process: as is. Several: FSDP2 on GPUs (or when asked), DDP otherwise."""
     torch.nn.Module.to(model, world.device)
     model.train()
     if world.size == 1:
         return model
-    mode = parallel if parallel != "auto" else ("fsdp" if world.device.type == "cuda" else "ddp")
-    if mode == "fsdp":
+    mode = parallel
+    if mode == ParallelMode.auto:
+        mode = ParallelMode.fsdp if world.device.type == "cuda" else ParallelMode.ddp
+    if mode == ParallelMode.fsdp:
         return _fully_shard(model, world, dtype)
     from torch.nn.parallel import DistributedDataParallel
 

@@ -21,17 +21,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 
+from finetune_contract import names
+from finetune_contract.checkpoints import latest_checkpoint
+from finetune_contract.names import IGNORE_INDEX
+from finetune_contract.records import StepRecord
 from finetune_trainer import checkpoint as ckpt
 from finetune_trainer.batching import collate_packed, collate_padded, loss_token_count, plan_step, step_batches
 from finetune_trainer.config import DatasetSpec, Recipe
 from finetune_trainer.data import DataError, Sample, prepare_data
 from finetune_trainer.distributed import World, all_reduce_sum, any_rank, close_world, init_world
-from finetune_trainer.metrics import MetricLogger, StepRecord, build_logger
+from finetune_trainer.metrics import MetricLogger, build_logger
 from finetune_trainer.modeling import build_model, training_dtype, wrap_model
 from finetune_trainer.optim import build_optimizer, learning_rate, set_learning_rate
 from finetune_trainer.tokenizer import load_tokenizer
-
-IGNORE = -100
 
 
 class NonFiniteError(RuntimeError):
@@ -45,11 +47,6 @@ class RunOptions:
     output_dir: Path
     metrics_port: int | None = None
     metrics_addr: str = "0.0.0.0"
-    cache_dir: Path | None = None
-    padding_free: bool = True
-    parallel: str = "auto"
-    activation_checkpointing: bool = False
-    max_nonfinite_steps: int = 3
     fault_nan_at_step: int | None = None
     """TEST-ONLY fault injection (FINETUNE_FAULT_NAN_AT_STEP): NaN weights from this step on, because NaN cannot be
     produced for real on CPU (fp32, LR capped at 1.0, non-finite updates skipped); the early-stopping e2e needs it."""
@@ -57,25 +54,18 @@ class RunOptions:
     @classmethod
     def from_env(cls, recipe: Recipe, env: dict[str, str] | None = None) -> RunOptions:
         source = dict(os.environ if env is None else env)
-        port = source.get("FINETUNE_METRICS_PORT")
-        cache = source.get("FINETUNE_CACHE_DIR")
+        port = source.get(names.ENV_METRICS_PORT)
+        fault = source.get(names.ENV_FAULT_NAN_AT_STEP)
         return cls(
-            output_dir=Path(source.get("FINETUNE_OUTPUT_DIR", recipe.training.checkpoint.output_dir)),
+            output_dir=Path(source.get(names.ENV_OUTPUT_DIR, recipe.training.checkpoint.output_dir)),
             metrics_port=int(port) if port else None,
-            metrics_addr=source.get("FINETUNE_METRICS_ADDR", "0.0.0.0"),
-            cache_dir=Path(cache) if cache else None,
-            padding_free=source.get("FINETUNE_PADDING_FREE", "1") != "0",
-            parallel=source.get("FINETUNE_PARALLEL", "auto"),
-            activation_checkpointing=source.get("FINETUNE_ACTIVATION_CHECKPOINTING", "0") == "1",
-            max_nonfinite_steps=int(source.get("FINETUNE_MAX_NONFINITE_STEPS", "3")),
-            fault_nan_at_step=int(source["FINETUNE_FAULT_NAN_AT_STEP"])
-            if "FINETUNE_FAULT_NAN_AT_STEP" in source
-            else None,
+            metrics_addr=source.get(names.ENV_METRICS_ADDR, "0.0.0.0"),
+            fault_nan_at_step=int(fault) if fault else None,
         )
 
 
 @dataclass
-class Phase:
+class TrainingPhase:
     """One stretch of training with its own data and hyperparameters (stacked runs have exactly one)."""
 
     name: str
@@ -118,10 +108,10 @@ class Trainer:
         if training.max_steps is not None:
             self.total_steps = min(self.total_steps, training.max_steps)
         self.dtype = training_dtype(self.recipe.model, self.world.device)
-        self.hf_model = build_model(self.recipe.model, self.tokenizer, training.seed, self.options.padding_free)
-        if self.options.activation_checkpointing:  # recompute activations in backward: memory for compute
+        self.hf_model = build_model(self.recipe.model, self.tokenizer, training.seed, training.padding_free)
+        if training.parallelism.activation_checkpointing:  # recompute activations in backward: memory for compute
             self.hf_model.activation_checkpointing_enable()
-        self.model = wrap_model(self.hf_model, self.world, self.options.parallel, self.dtype)
+        self.model = wrap_model(self.hf_model, self.world, training.parallelism.mode, self.dtype)
         self.optimizer = build_optimizer(self.model.parameters(), training, self.world.device)
         self.logger: MetricLogger = build_logger(
             self.world.rank,
@@ -133,11 +123,11 @@ class Trainer:
         self._resume()
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def _plan_phases(self) -> list[Phase]:
+    def _plan_phases(self) -> list[TrainingPhase]:
         training = self.recipe.training
         if training.phases:
             phases = [
-                Phase(
+                TrainingPhase(
                     spec.name,
                     spec.datasets,
                     spec.epochs,
@@ -148,7 +138,7 @@ class Trainer:
             ]
         else:
             phases = [
-                Phase(
+                TrainingPhase(
                     "stacked",
                     self.recipe.data.datasets,
                     training.epochs,
@@ -160,9 +150,10 @@ class Trainer:
             self._load_phase_data(phase)
         return phases
 
-    def _load_phase_data(self, phase: Phase) -> None:
+    def _load_phase_data(self, phase: TrainingPhase) -> None:
         data = self.recipe.data
-        cache = self.options.cache_dir or self.options.output_dir / ".cache" / "data"
+        configured = self.recipe.data.cache_dir
+        cache = Path(configured) if configured else self.options.output_dir / ".cache" / "data"
         prepared = prepare_data(
             phase.datasets,
             self.tokenizer,
@@ -192,7 +183,7 @@ class Trainer:
             )
 
     def _resume(self) -> None:
-        point = ckpt.latest_checkpoint(self.options.output_dir)
+        point = latest_checkpoint(self.options.output_dir)
         if point is None:
             return
         state = ckpt.load_checkpoint(point, self.model, self.optimizer)
@@ -204,7 +195,7 @@ class Trainer:
         self.stop_requested = True
 
     # ----------------------------------------------------------------------------------------------- train
-    def schedule(self) -> Iterator[tuple[int, Phase, int, list[int]]]:
+    def schedule(self) -> Iterator[tuple[int, TrainingPhase, int, list[int]]]:
         """(global step, phase, epoch, sample indices) for every optimizer step of the run, in order."""
         step = 0
         for phase in self.phases:
@@ -230,10 +221,8 @@ class Trainer:
             if self.options.fault_nan_at_step is not None and step + 1 == self.options.fault_nan_at_step:
                 self._inject_nan_fault()
             record = self.train_step(step, phase, epoch, indices)
-            nonfinite_streak = (
-                0 if math.isfinite(record.loss) and math.isfinite(record.grad_norm) else nonfinite_streak + 1
-            )
-            if nonfinite_streak > self.options.max_nonfinite_steps:
+            nonfinite_streak = 0 if record.finite else nonfinite_streak + 1
+            if nonfinite_streak > self.recipe.training.max_non_finite_steps:
                 raise NonFiniteError(
                     f"loss/grad norm non-finite for {nonfinite_streak} consecutive steps at step {self.step}"
                 )
@@ -251,12 +240,13 @@ class Trainer:
         self.logger.log_event("done", step=self.step, final=str(final))
         return TrainResult(self.step, False, final, self.losses)
 
-    def train_step(self, step: int, phase: Phase, epoch: int, indices: list[int]) -> StepRecord:
+    def train_step(self, step: int, phase: TrainingPhase, epoch: int, indices: list[int]) -> StepRecord:
         """One optimizer step over `indices` (the whole effective batch, all ranks)."""
         started = time.perf_counter()
         samples = phase.samples
         global_tokens = loss_token_count([samples[i] for i in indices])
-        plan = plan_step(indices, phase.lengths, self.world.size, self.max_tokens, padded=not self.options.padding_free)
+        padded = not self.recipe.training.padding_free
+        plan = plan_step(indices, phase.lengths, self.world.size, self.max_tokens, padded=padded)
         micro_batches = plan[self.world.rank]
         local_sum = 0.0
         for position, micro in enumerate(micro_batches):
@@ -316,12 +306,14 @@ class Trainer:
         labels = batch.pop("shift_labels")
         with self._autocast():
             logits = self.model(**batch, use_cache=False).logits
-        summed = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        summed = F.cross_entropy(
+            logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         (summed * (self.world.size / global_tokens)).backward()  # type: ignore[no-untyped-call]
         return float(summed.detach().item())
 
     def _collate(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        if self.options.padding_free:
+        if self.recipe.training.padding_free:
             batch = collate_packed(samples)
             keep: tuple[str, ...] = ("input_ids", "position_ids", "shift_labels")
         else:
@@ -368,7 +360,7 @@ class Trainer:
                     logits = self.model(**batch, use_cache=False).logits
                 total += float(
                     F.cross_entropy(
-                        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+                        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
                     )
                 )
         self.model.train()

@@ -13,12 +13,13 @@ from typing import Any, NoReturn
 
 import kopf
 
-from finetune_operator import changes, status
-from finetune_operator.api import FineTuneJob, Phase
+from finetune_contract import names
+from finetune_operator.api import FineTuneJob, JobPhase, changes
+from finetune_operator.api.validation import InvalidInputError, validate_manifest
+from finetune_operator.children.pytorchjob import render
 from finetune_operator.kube import ApiException, is_status, owned_by, owner_reference
+from finetune_operator.reconcile import status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
-from finetune_operator.render import LABEL_QUEUE, render
-from finetune_operator.validation import InvalidInputError, validate_manifest
 
 APPLIED_SPEC = "finetune.dev/applied-spec"
 INVALID_SPEC = "InvalidSpec"
@@ -41,9 +42,9 @@ def sync_child(ctx: Context, job: Manifest) -> None:
     rendered = render(model, trainer_image=ctx.config.trainer_image, name=recorded)
     # A job whose status names no child yet (a new one) has none, almost always: create straight away (a 409
     # adopts one that exists) instead of a GET that answers 404 first.
-    never_created = not recorded and not _finished(job)
+    never_created = not recorded and not is_finished(job)
     child = None if never_created else ctx.kube.get_child(namespace, rendered["metadata"]["name"])
-    if child is None and _finished(job):
+    if child is None and is_finished(job):
         return  # ended (e.g. early-stopped): never resurrect its training
     if child is None:
         child = create_or_adopt(ctx, job, model, rendered)
@@ -84,8 +85,7 @@ def create_or_adopt(ctx: Context, job: Manifest, model: FineTuneJob, rendered: M
         if not owned_by(existing, job):
             wait_for_foreign_child(ctx, job, existing)
         return existing
-    post_event(ctx, job, "Normal", "Created", f"created PyTorchJob {created['metadata']['name']}")
-    return created
+    return created  # its Event is the phase transition's ("phase - -> Pending: PyTorchJob ... created")
 
 
 def wait_for_foreign_child(ctx: Context, job: Manifest, child: Manifest) -> NoReturn:
@@ -106,7 +106,7 @@ def wait_for_foreign_child(ctx: Context, job: Manifest, child: Manifest) -> NoRe
             "it is left alone, and this job's training starts once it is deleted"
         )
     generation = job["metadata"].get("generation")
-    conflict = status.condition(CHILD_CONFLICT, True, reason, message, generation)
+    conflict = status.condition(CHILD_CONFLICT, True, reason, message, ctx.now(), generation)
     if (CHILD_CONFLICT, "True", reason) not in _condition_keys(status_of(job)):
         post_event(ctx, job, "Warning" if reason == "ChildNameTaken" else "Normal", reason, message)
 
@@ -114,7 +114,7 @@ def wait_for_foreign_child(ctx: Context, job: Manifest, child: Manifest) -> NoRe
         current = status_of(current_job)
         out: Manifest = {"conditions": status.merge_conditions(current.get("conditions") or [], [conflict])}
         if current.get("phase") is None:
-            out["phase"] = str(Phase.Pending)
+            out["phase"] = str(JobPhase.Pending)
         return out
 
     update_status(ctx, job["metadata"]["namespace"], job["metadata"]["name"], change, known=job)
@@ -156,8 +156,8 @@ def apply_mutable(ctx: Context, child: Manifest, model: FineTuneJob) -> None:
     if bool(child["spec"].get("runPolicy", {}).get("suspend", False)) != model.spec.suspend:
         patch["spec"] = {"runPolicy": {"suspend": model.spec.suspend}}
     labels = child["metadata"].get("labels") or {}
-    if labels.get(LABEL_QUEUE) != model.spec.queue_name:
-        patch["metadata"] = {"labels": {LABEL_QUEUE: model.spec.queue_name}}
+    if labels.get(names.QUEUE_LABEL) != model.spec.queue_name:
+        patch["metadata"] = {"labels": {names.QUEUE_LABEL: model.spec.queue_name}}
     if patch:
         ctx.kube.patch_child(child["metadata"]["namespace"], child["metadata"]["name"], patch)
 
@@ -173,17 +173,19 @@ def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) ->
         known = {(c.get("type"), c.get("status"), c.get("message")) for c in status_of(job).get("conditions") or []}
         if ("SpecChangeRejected", "True", message) not in known:  # once per distinct rejection, not per sync
             post_event(ctx, job, "Warning", "SpecChangeRejected", message)
-        spec_condition = status.condition("SpecChangeRejected", True, "ImmutableFieldChanged", message, generation)
+        spec_condition = status.condition(
+            "SpecChangeRejected", True, "ImmutableFieldChanged", message, ctx.now(), generation
+        )
     else:
-        spec_condition = status.condition("SpecChangeRejected", False, "SpecApplied", "", generation)
+        spec_condition = status.condition("SpecChangeRejected", False, "SpecApplied", "", ctx.now(), generation)
 
     def change(current_job: Manifest) -> Manifest:
         current = status_of(current_job)
         updates = [spec_condition]
         if _condition_true(current, INVALID_SPEC):
-            updates.append(status.condition(INVALID_SPEC, False, "SpecValid", "", generation))
+            updates.append(status.condition(INVALID_SPEC, False, "SpecValid", "", ctx.now(), generation))
         if _condition_true(current, CHILD_CONFLICT):
-            updates.append(status.condition(CHILD_CONFLICT, False, "ChildOwned", "", generation))
+            updates.append(status.condition(CHILD_CONFLICT, False, "ChildOwned", "", ctx.now(), generation))
         conditions = status.merge_conditions(current.get("conditions") or [], updates)
         out: Manifest = {
             "pytorchJobName": child["metadata"]["name"],
@@ -211,9 +213,9 @@ def mark_invalid(ctx: Context, job: Manifest, reason: str, message: str) -> None
 
     def change(current_job: Manifest) -> Manifest:
         current = status_of(current_job)
-        invalid = status.condition(INVALID_SPEC, True, reason, message, generation)
+        invalid = status.condition(INVALID_SPEC, True, reason, message, ctx.now(), generation)
         return {
-            "phase": str(Phase.Failed),
+            "phase": str(JobPhase.Failed),
             "observedGeneration": generation,
             "conditions": status.merge_conditions(current.get("conditions") or [], [invalid]),
         }
@@ -226,7 +228,9 @@ def _condition_keys(current: Manifest) -> set[tuple[str, str, str]]:
     return {(str(c.get("type")), str(c.get("status")), str(c.get("reason"))) for c in current.get("conditions") or []}
 
 
-def _finished(job: Manifest) -> bool:
+def is_finished(job: Manifest) -> bool:
+    """Ended (Succeeded, Failed by the child, EarlyStopped): never resurrected. A job Failed for an invalid spec is
+    not finished: a corrected spec runs."""
     current = status_of(job)
     return current.get("phase") in [str(phase) for phase in status.TERMINAL_PHASES] and not _condition_true(
         current, INVALID_SPEC

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import ApiException, Kube, is_status
-from finetune_operator.opmetrics import OperatorMetrics
+from finetune_operator.metrics.operator import OperatorMetrics
+from finetune_operator.reconcile import status
 
 logger = logging.getLogger("finetune_operator")
 Manifest = dict[str, Any]
@@ -20,11 +22,23 @@ WARNING_PHASES = ("Failed", "EarlyStopped")
 _MAX_CONFLICTS = 8
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class Context:
+    """What every reconcile function runs with: the API seam, the config, the operator's metrics and the clock
+    (status timestamps come from here, so the status logic stays pure and the tests can fix the time)."""
+
     kube: Kube
     config: OperatorConfig
     metrics: OperatorMetrics
+    clock: Callable[[], datetime] = utc_now
+
+    def now(self) -> str:
+        """The clock as Kubernetes writes timestamps (RFC 3339, UTC, seconds)."""
+        return status.rfc3339(self.clock())
 
 
 def status_of(job: Manifest) -> Manifest:
@@ -32,7 +46,12 @@ def status_of(job: Manifest) -> Manifest:
 
 
 def update_status(
-    ctx: Context, namespace: str, name: str, change: StatusChange, known: Manifest | None = None
+    ctx: Context,
+    namespace: str,
+    name: str,
+    change: StatusChange,
+    known: Manifest | None = None,
+    confirm_noop: bool = True,
 ) -> Manifest | None:
     """Read the job, compute a status change from it, write it guarded by resourceVersion; retry on conflict.
 
@@ -40,7 +59,10 @@ def update_status(
     Returns the job as read before the write (None if it is gone or nothing changed).
     `known`: a copy of the job the caller already holds (the body of the event being handled), tried first instead
     of a GET. Safe because every write is guarded by its resourceVersion (a stale copy gets 409 and a fresh read);
-    a "nothing to change" answer from it is confirmed on a fresh read, so a stale copy never skips a write.
+    a "nothing to change" answer from it is confirmed on a fresh read, so a stale copy never skips a write —
+    unless `confirm_noop` is False: for a caller whose `known` is the watch's latest copy and whose change only
+    mirrors another object (a later change of the job brings its own event), that read is one GET per event for
+    nothing.
     """
     for _ in range(_MAX_CONFLICTS):
         from_known = known is not None and bool(known["metadata"].get("resourceVersion"))
@@ -51,7 +73,7 @@ def update_status(
         changes = change(job) or {}
         current = status_of(job)
         if all(current.get(key) == value for key, value in changes.items()):
-            if from_known:
+            if from_known and confirm_noop:
                 continue
             if current.get("phase"):
                 ctx.metrics.record_phase(namespace, name, current["phase"])
@@ -74,31 +96,34 @@ def _after_write(ctx: Context, job: Manifest, before: Manifest, changes: Manifes
         ctx.metrics.record_phase(metadata["namespace"], metadata["name"], phase)
     if "phase" in changes and changes["phase"] != before.get("phase"):
         kind = "Warning" if changes["phase"] in WARNING_PHASES else "Normal"
-        message = f"phase {before.get('phase') or '-'} -> {changes['phase']}{_detail(changes)}"
+        message = f"phase {before.get('phase') or '-'} -> {changes['phase']}{_detail(before, changes)}"
         post_event(ctx, job, kind, str(changes["phase"]), message)
         logger.info("phase %s -> %s", before.get("phase"), changes["phase"], extra=_identity(job))
 
 
-def _detail(changes: Manifest) -> str:
-    """The message of the condition that explains the new phase, if there is one."""
+def _detail(before: Manifest, changes: Manifest) -> str:
+    """What explains the new phase: the condition saying why, else the child this write recorded first (the one
+    Event a new job gets for its child: a separate "Created" Event was one more POST per job at scale)."""
     wanted = {changes["phase"], "InvalidSpec", "EarlyStopped"}
     for condition in changes.get("conditions") or []:
         if condition.get("type") in wanted and condition.get("status") == "True" and condition.get("message"):
             return f": {condition['message']}"
+    child = changes.get("pytorchJobName")
+    if child and child != before.get("pytorchJobName"):
+        return f": its PyTorchJob is {child}"
     return ""
 
 
 def post_event(ctx: Context, job: Manifest, kind: str, reason: str, message: str) -> None:
     """A Kubernetes Event on the FineTuneJob. Written through the API (not Kopf's queue) so the early-stopping
-    thread can post too; a failure to post is logged, never allowed to fail the reconcile."""
-    _post_now(ctx.kube, job, kind, reason, message)
-
-
-def _post_now(kube: Kube, job: Manifest, kind: str, reason: str, message: str) -> None:
+    loop can post too; a failure to post is logged, never allowed to fail the reconcile. A namespace being deleted
+    refuses new Events (403) while its jobs still change: that is expected, not worth a warning."""
     try:
-        kube.create_event(job, kind, reason, message)
+        ctx.kube.create_event(job, kind, reason, message)
     except ApiException as error:
-        logger.warning("could not post event %s on %s: %s", reason, job["metadata"].get("name"), error.reason)
+        terminating = is_status(error, 403) and "being terminated" in str(error.body or "")
+        log = logger.debug if terminating else logger.warning
+        log("could not post event %s on %s: %s", reason, job["metadata"].get("name"), error.reason)
 
 
 def _identity(job: Manifest) -> dict[str, str]:

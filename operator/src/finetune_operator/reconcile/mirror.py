@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from finetune_operator import status
-from finetune_operator.api import Phase
+from finetune_operator.api import JobPhase
 from finetune_operator.kube import parent_of
-from finetune_operator.reconcile import pod_creation
+from finetune_operator.metrics.operator import instrumented
+from finetune_operator.reconcile import pod_creation, status
 from finetune_operator.reconcile.common import Context, Manifest, status_of, update_status
 
 
+@instrumented("mirror")
 def mirror_child(ctx: Context, child: Manifest, cached: Callable[[str, str], Manifest | None] | None = None) -> None:
     """Called on every PyTorchJob event; a no-op write when nothing changed.
 
@@ -21,25 +22,26 @@ def mirror_child(ctx: Context, child: Manifest, cached: Callable[[str, str], Man
         return
     namespace, name, uid = parent
     details = ""
-    if status.phase_from_child(child) == Phase.Failed:
+    if status.phase_from_child(child) == JobPhase.Failed:
         details = status.failure_details(ctx.kube.child_pods(namespace, child["metadata"]["name"]))
 
     def change(job: Manifest) -> Manifest | None:
         if job["metadata"].get("uid") != uid:
             return None  # a new FineTuneJob of the same name; this child belongs to the old one
-        return mirrored_status(status_of(job), child, details)
+        return mirrored_status(status_of(job), child, details, ctx.now())
 
-    update_status(ctx, namespace, name, change, known=cached(namespace, name) if cached else None)
+    known = cached(namespace, name) if cached else None
+    update_status(ctx, namespace, name, change, known=known, confirm_noop=False)
 
 
-def mirrored_status(current: Manifest, child: Manifest, details: str) -> Manifest:
-    """The status fields the child determines (pure)."""
-    if current.get("phase") == str(Phase.EarlyStopped):
+def mirrored_status(current: Manifest, child: Manifest, details: str, now: str) -> Manifest:
+    """The status fields the child determines (pure; `now` stamps new conditions and a missing completion time)."""
+    if current.get("phase") == str(JobPhase.EarlyStopped):
         return {}  # the operator ended this run; the child's last words do not change that
     phase = status.phase_from_child(child)
-    conditions = status.with_failure_details(status.mirrored_conditions(child), details)
-    if phase != Phase.Pending and pod_creation.CONDITION in status.true_types(current.get("conditions") or []):
-        conditions.append(status.condition(pod_creation.CONDITION, False, "PodsCreated", ""))
+    conditions = status.with_failure_details(status.mirrored_conditions(child, now), details)
+    if phase != JobPhase.Pending and pod_creation.CONDITION in status.true_types(current.get("conditions") or []):
+        conditions.append(status.condition(pod_creation.CONDITION, False, "PodsCreated", "", now))
     out: Manifest = {
         "phase": str(phase),
         "pytorchJobName": child["metadata"]["name"],
@@ -48,6 +50,6 @@ def mirrored_status(current: Manifest, child: Manifest, details: str) -> Manifes
     child_status = child.get("status") or {}
     if child_status.get("startTime"):
         out["startTime"] = child_status["startTime"]
-    if phase in (Phase.Succeeded, Phase.Failed):
-        out["completionTime"] = child_status.get("completionTime") or current.get("completionTime") or status.now()
+    if phase in (JobPhase.Succeeded, JobPhase.Failed):
+        out["completionTime"] = child_status.get("completionTime") or current.get("completionTime") or now
     return out

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from finetune_operator import status
-from finetune_operator.api import Phase
+from finetune_operator.api import JobPhase
+from finetune_operator.reconcile import status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
 
 CONDITION = "PodsNotCreated"
@@ -48,33 +48,33 @@ def failures_by_child(events: Iterable[Mapping[str, Any]], now: datetime) -> dic
     return out
 
 
-def pods_condition(current: Manifest, failure: PodFailure | None, generation: int | None) -> Manifest | None:
+def pods_condition(current: Manifest, failure: PodFailure | None, generation: int | None, now: str) -> Manifest | None:
     """The condition to write for a Pending job (None: nothing changes). Pure."""
     was_true = CONDITION in status.true_types(current.get("conditions") or [])
     if failure is None:
-        return status.condition(CONDITION, False, "PodsCreated", "", generation) if was_true else None
+        return status.condition(CONDITION, False, "PodsCreated", "", now, generation) if was_true else None
     message = f"the training-operator cannot create this job's pods ({failure.count}x): {failure.message}"
     existing = {c.get("type"): c for c in current.get("conditions") or []}.get(CONDITION) or {}
     if was_true and existing.get("message") == message:
         return None
-    return status.condition(CONDITION, True, FAILED_CREATE_POD, message, generation)
+    return status.condition(CONDITION, True, FAILED_CREATE_POD, message, now, generation)
 
 
-def check_pod_creation(ctx: Context, jobs: Iterable[Manifest], now: datetime | None = None) -> None:
+def check_pod_creation(ctx: Context, jobs: Iterable[Manifest]) -> None:
     """One pass over the Pending jobs that have a child: set or clear PodsNotCreated from the Events."""
     pending = [
         job
         for job in jobs
-        if status_of(job).get("phase") == str(Phase.Pending) and status_of(job).get("pytorchJobName")
+        if status_of(job).get("phase") == str(JobPhase.Pending) and status_of(job).get("pytorchJobName")
     ]
     if not pending:
         return
-    stamp = now or datetime.now(UTC)
-    failures = failures_by_child(ctx.kube.list_child_events(ctx.config.namespaces, FAILED_CREATE_POD), stamp)
+    events = ctx.kube.list_child_events(ctx.config.namespaces, FAILED_CREATE_POD)
+    failures = failures_by_child(events, ctx.clock())
     for job in pending:
         namespace = job["metadata"]["namespace"]
         failure = failures.get((namespace, status_of(job)["pytorchJobName"]))
-        update = pods_condition(status_of(job), failure, job["metadata"].get("generation"))
+        update = pods_condition(status_of(job), failure, job["metadata"].get("generation"), ctx.now())
         if update is None:
             continue
         if update["status"] == "True" and CONDITION not in status.true_types(status_of(job).get("conditions") or []):
@@ -84,7 +84,7 @@ def check_pod_creation(ctx: Context, jobs: Iterable[Manifest], now: datetime | N
 
 def _write(ctx: Context, job: Manifest, update: Manifest) -> None:
     def change(current_job: Manifest) -> Manifest | None:
-        if status_of(current_job).get("phase") != str(Phase.Pending):
+        if status_of(current_job).get("phase") != str(JobPhase.Pending):
             return None  # moved on meanwhile (the mirror clears the condition when pods run)
         conditions = status.merge_conditions(status_of(current_job).get("conditions") or [], [update])
         return {"conditions": conditions}

@@ -1,0 +1,130 @@
+"""An in-memory stand-in for finetune_operator.kube.Kube, the operator's one narrow seam to the API server.
+
+For fast unit tests of the reconcile functions; the cluster tests hold the same behaviour against the real API
+server. It keeps what the real server guarantees and the reconcile relies on: 409 on a create of an existing
+name, resourceVersion-guarded status writes (409 when stale), 404 as None. Refusals the real server gives for
+reasons outside this seam (an admission policy) are injected with `refuse_creates`.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import uuid
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+Manifest = dict[str, Any]
+
+
+def api_error(status: int, message: str) -> ApiException:
+    error = ApiException(status=status, reason="Refused")
+    error.body = json.dumps({"kind": "Status", "status": "Failure", "message": message, "code": status})
+    return error
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.jobs: dict[tuple[str, str], Manifest] = {}
+        self.children: dict[tuple[str, str], Manifest] = {}
+        self.events: list[tuple[str, str, str, str]] = []  # (job name, type, reason, message)
+        self.child_events: list[Manifest] = []
+        self.calls: list[str] = []
+        self.refuse_creates: ApiException | None = None
+        self.refuse_events: ApiException | None = None
+        self.pods: dict[tuple[str, str], list[Manifest]] = {}  # (namespace, child) -> its pods
+        self._versions = itertools.count(1)
+
+    # -- FineTuneJobs ------------------------------------------------------------------------------------------
+
+    def add_job(self, manifest: Manifest, namespace: str = "ns") -> Manifest:
+        job = copy.deepcopy(manifest)
+        job["metadata"] = {
+            **job["metadata"],
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "generation": 1,
+            "resourceVersion": str(next(self._versions)),
+        }
+        self.jobs[(namespace, job["metadata"]["name"])] = job
+        return copy.deepcopy(job)
+
+    def edit_spec(self, namespace: str, name: str, spec: Manifest) -> Manifest:
+        """A user's merge patch of the spec: a new generation and resourceVersion."""
+        job = self.jobs[(namespace, name)]
+        _merge(job["spec"], spec)
+        job["metadata"]["generation"] += 1
+        job["metadata"]["resourceVersion"] = str(next(self._versions))
+        return copy.deepcopy(job)
+
+    def get_job(self, namespace: str, name: str) -> Manifest | None:
+        self.calls.append("get_job")
+        job = self.jobs.get((namespace, name))
+        return copy.deepcopy(job) if job else None
+
+    def patch_job_status(self, namespace: str, name: str, status: Manifest, resource_version: str | None) -> None:
+        self.calls.append("patch_job_status")
+        job = self.jobs[(namespace, name)]
+        if resource_version and resource_version != job["metadata"]["resourceVersion"]:
+            raise api_error(409, "the object has been modified")
+        job.setdefault("status", {}).update(copy.deepcopy(status))
+        job["metadata"]["resourceVersion"] = str(next(self._versions))
+
+    def list_jobs(self, namespaces: tuple[str, ...]) -> list[Manifest]:
+        return [copy.deepcopy(job) for (ns, _), job in self.jobs.items() if not namespaces or ns in namespaces]
+
+    def create_event(self, job: Manifest, kind: str, reason: str, message: str) -> None:
+        if self.refuse_events is not None:
+            raise self.refuse_events
+        self.events.append((job["metadata"]["name"], kind, reason, message))
+
+    # -- children ----------------------------------------------------------------------------------------------
+
+    def get_child(self, namespace: str, name: str) -> Manifest | None:
+        self.calls.append("get_child")
+        child = self.children.get((namespace, name))
+        return copy.deepcopy(child) if child else None
+
+    def create_child(self, namespace: str, manifest: Manifest) -> Manifest:
+        self.calls.append("create_child")
+        if self.refuse_creates is not None:
+            raise self.refuse_creates
+        key = (namespace, manifest["metadata"]["name"])
+        if key in self.children:
+            raise api_error(409, "already exists")
+        child = copy.deepcopy(manifest)
+        child["metadata"] = {**child["metadata"], "namespace": namespace, "uid": str(uuid.uuid4()), "generation": 1}
+        self.children[key] = child
+        return copy.deepcopy(child)
+
+    def patch_child(self, namespace: str, name: str, patch: Manifest) -> None:
+        self.calls.append("patch_child")
+        _merge(self.children[(namespace, name)], patch)
+
+    def delete_child(self, namespace: str, name: str) -> bool:
+        self.calls.append("delete_child")
+        return self.children.pop((namespace, name), None) is not None
+
+    def child_pods(self, namespace: str, child_name: str) -> list[Manifest]:
+        self.calls.append("child_pods")
+        return copy.deepcopy(self.pods.get((namespace, child_name), []))
+
+    def list_child_events(self, namespaces: tuple[str, ...], reason: str) -> list[Manifest]:
+        self.calls.append("list_child_events")
+        return [event for event in self.child_events if event.get("reason") == reason]
+
+    def job_manifest(self, namespace: str, name: str) -> Manifest:
+        """The job as the watch would deliver it now."""
+        return copy.deepcopy(self.jobs[(namespace, name)])
+
+
+def _merge(target: Manifest, patch: Manifest) -> None:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)

@@ -1,0 +1,86 @@
+"""The `finetune` command as a user runs it: a real process, its exit code, stdout and stderr."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune_operator.children.pytorchjob import render_pytorchjob
+from tests.invalid_cases import CASES
+from tests.manifests import EXAMPLES, REPO_ROOT, minimal_job
+
+
+def finetune(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script (falling back to the module when not on PATH)."""
+    exe = shutil.which("finetune", path=str(Path(sys.executable).parent))
+    command = [exe] if exe else [sys.executable, "-m", "finetune_operator.cli"]
+    return subprocess.run([*command, *args], input=stdin, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+
+
+def test_render_prints_one_pytorchjob_per_example() -> None:
+    result = finetune("render", *map(str, EXAMPLES))
+    assert result.returncode == 0, result.stderr
+    documents = list(yaml.safe_load_all(result.stdout))
+    assert len(documents) == len(EXAMPLES)
+    for document, example in zip(documents, EXAMPLES, strict=True):
+        assert document["kind"] == "PyTorchJob"
+        assert document == render_pytorchjob(yaml.safe_load(example.read_text()))
+
+
+def test_render_reads_stdin() -> None:
+    result = finetune("render", "-", stdin=yaml.safe_dump(minimal_job("from-stdin")))
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["metadata"]["name"] == "from-stdin"
+
+
+def test_crd_prints_the_committed_crd() -> None:
+    result = finetune("crd")
+    assert result.returncode == 0
+    assert result.stdout == (REPO_ROOT / "crds/finetunejob.yaml").read_text()
+
+
+@pytest.mark.parametrize("case", CASES[:8] + [case for case in CASES if not case.server], ids=lambda case: case.id)
+def test_invalid_input_exits_2_with_field_and_rule(case, tmp_path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(case.manifest))
+    result = finetune("render", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{path}: {case.path}: " in result.stderr
+    assert case.message in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("spec: [unclosed\n", "invalid YAML"),
+        ("", "no FineTuneJob document found"),
+        ("- 1\n- 2\n", "a FineTuneJob must be a mapping"),
+    ],
+)
+def test_unusable_files_exit_2(content: str, expected: str, tmp_path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(content)
+    result = finetune("validate", str(path))
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_exits_2() -> None:
+    result = finetune("render", "does-not-exist.yaml")
+    assert result.returncode == 2
+    assert "does-not-exist.yaml" in result.stderr
+    assert "No such file" in result.stderr
+
+
+def test_validate_reports_valid_files() -> None:
+    result = finetune("validate", str(EXAMPLES[0]))
+    assert result.returncode == 0
+    assert "is valid" in result.stdout
