@@ -1,0 +1,131 @@
+"""The sweep's pruning rule (issue 13, first part): asynchronous successive halving on an early score. Pure.
+
+Rungs sit at optimizer steps r, rη, rη², ... A trial is judged at the highest rung it has reached, against everyone
+who has reached that rung so far (calibration trials included as peers), and is re-judged every time as peers
+arrive: ASHA's known weakness — the first trials through a rung pass with nobody to compare to — is closed by
+never treating a pass as final. What never prunes: missing data (no score at a rung is not a bad score), fewer than
+`min_trials_per_rung` peers, a rung the trial has not reached, and calibration trials (kept so the sweep can
+measure whether its score predicts the objective at all). A non-finite score is the trial failing: pruned at once,
+whatever the peers. Ties are broken by trial name, so the same inputs always give the same verdicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["minimize", "maximize"]
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """Rung steps r, rη, rη², ... up to the last step a trial can reach."""
+
+    first_step: int
+    reduction_factor: int
+
+    def __post_init__(self) -> None:
+        if self.first_step < 1:
+            raise ValueError(f"first_step must be at least 1 (got {self.first_step})")
+        if self.reduction_factor < 2:
+            raise ValueError(f"reduction_factor must be at least 2 (got {self.reduction_factor})")
+
+    def steps(self, last_step: int) -> list[int]:
+        out, step = [], self.first_step
+        while step <= last_step:
+            out.append(step)
+            step *= self.reduction_factor
+        return out
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial's score at each rung it has reached (None: the rung was reached but no score could be read)."""
+
+    name: str
+    scores: Mapping[int, float | None]
+    calibration: bool = False
+
+    def highest_rung(self, rungs: Rungs) -> int | None:
+        """The highest rung step with a score (scores at other steps are ignored)."""
+        reached = [step for step, score in self.scores.items() if score is not None and step in rungs.steps(step)]
+        return max(reached) if reached else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Keep or prune, with the evidence a status and an Event show."""
+
+    trial: str
+    prune: bool
+    reason: str
+    rung: int | None = None
+    score: float | None = None
+    cutoff: float | None = None
+    peers: int = 0
+
+
+def judge(
+    trials: Sequence[Trial], rungs: Rungs, direction: Direction = "minimize", min_trials_per_rung: int = 3
+) -> dict[str, Verdict]:
+    """A verdict for every trial, from the scores seen so far."""
+    return {trial.name: _judge_one(trial, trials, rungs, direction, min_trials_per_rung) for trial in trials}
+
+
+def _judge_one(
+    trial: Trial, trials: Sequence[Trial], rungs: Rungs, direction: Direction, min_trials_per_rung: int
+) -> Verdict:
+    rung = trial.highest_rung(rungs)
+    if rung is None:
+        return Verdict(trial.name, False, "NoScoreYet")
+    score = trial.scores[rung]
+    assert score is not None
+    if trial.calibration:
+        return Verdict(trial.name, False, "CalibrationTrial", rung, score)
+    if not math.isfinite(score):
+        return Verdict(trial.name, True, "NonFiniteScore", rung, score)
+    finite = [(value, peer.name) for peer in trials if (value := _finite_or_none(peer.scores.get(rung))) is not None]
+    peers = sorted(finite, key=lambda item: (item[0] if direction == "minimize" else -item[0], item[1]))
+    if len(peers) < min_trials_per_rung:
+        return Verdict(trial.name, False, "TooFewPeers", rung, score, peers=len(peers))
+    keep = max(1, len(peers) // rungs.reduction_factor)
+    cutoff = peers[keep - 1][0]
+    kept = (score, trial.name) in peers[:keep]
+    reason = "WithinRungCutoff" if kept else "BelowRungCutoff"
+    return Verdict(trial.name, not kept, reason, rung, score, cutoff, len(peers))
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None with fewer than 3 pairs or a constant side."""
+    if len(xs) != len(ys):
+        raise ValueError(f"spearman needs pairs: {len(xs)} x values, {len(ys)} y values")
+    if len(xs) < 3:
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    mean_x, mean_y = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mean_x) * (b - mean_y) for a, b in zip(rx, ry, strict=True))
+    var_x = sum((a - mean_x) ** 2 for a in rx)
+    var_y = sum((b - mean_y) ** 2 for b in ry)
+    if var_x == 0 or var_y == 0:
+        return None
+    return cov / math.sqrt(var_x * var_y)
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda index: values[index])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
