@@ -1,8 +1,9 @@
 """Create, adopt and keep in line the PyTorchJob of a FineTuneJob. Idempotent: safe to run any number of times.
 
-Called on create, on resume (operator start) and on every spec change. The child's name is deterministic, so a
-crash between creating it and recording it in status is harmless: the next run finds it (409), checks it is
-ours (ownerReference uid) and adopts it. The immutable part of the spec the child was made from is kept in an
+Called for a new job, at operator start and on every spec change (reconcile/jobs.py decides which watch events).
+The child's name is a function of the job's name only, and recorded in status: a crash between creating it and
+recording it is harmless (the next run finds it: 409, checks it is ours by ownerReference uid, adopts it), and no
+spec edit can make a second one. The immutable part of the spec the child was made from is kept in an
 annotation on the child, which is how later changes are recognised — across restarts and reverts.
 """
 
@@ -35,7 +36,7 @@ def sync_child(ctx: Context, job: Manifest) -> None:
     try:
         model = validate_manifest({key: job[key] for key in ("apiVersion", "kind", "metadata", "spec")})
     except InvalidInputError as error:
-        mark_invalid(ctx, job, "InvalidSpec", "; ".join(str(item) for item in error.errors))
+        mark_invalid(ctx, job, INVALID_SPEC, "; ".join(str(item) for item in error.errors))
         return
     # The name recorded in status is the child's for life; a re-render is only for a job that recorded none.
     recorded = status_of(job).get("pytorchJobName")
@@ -85,7 +86,7 @@ def create_or_adopt(ctx: Context, job: Manifest, model: FineTuneJob, rendered: M
         if not owned_by(existing, job):
             wait_for_foreign_child(ctx, job, existing)
         return existing
-    return created  # its Event is the phase transition's ("phase - -> Pending: PyTorchJob ... created")
+    return created  # its Event is the phase transition's ("phase - -> Pending: its PyTorchJob is ...")
 
 
 def wait_for_foreign_child(ctx: Context, job: Manifest, child: Manifest) -> NoReturn:
