@@ -63,6 +63,12 @@ MANAGED_BY: Final = "finetune-operator"
 JOB_LABEL: Final = "finetune.dev/job-name"
 """On the child and its pods: the FineTuneJob's name (label-safe form)."""
 QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
+SWEEP_LABEL: Final = "finetune.dev/sweep-name"
+"""On a sweep's trial FineTuneJobs: the FineTuneSweep's name (label-safe form)."""
+TRIAL_INDEX_LABEL: Final = "finetune.dev/trial-index"
+"""On a trial: its index in the sweep's expansion (the identity a restart must not duplicate)."""
+TRIAL_PARAMETERS_ANNOTATION: Final = "finetune.dev/trial-parameters"
+"""On a trial: the JSON of the values the sweep set (path to value)."""
 
 # -- token labels --------------------------------------------------------------------------------------------------
 IGNORE_INDEX: Final = -100

@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     from finetune_trainer.trainer import NonFiniteError, RunOptions, Trainer
 
     trainer = Trainer(recipe, RunOptions.from_env(recipe))
+    clean = False
     try:
         trainer.setup()
         result = trainer.train()
+        clean = True
     except DataError as error:
         return fail(EXIT_BAD_INPUT, f"bad data: {error}")
     except NonFiniteError as error:
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         return fail(EXIT_FAILED, f"{type(error).__name__}: {error}")
     finally:
-        trainer.close()
+        trainer.close(synchronize=clean)
     state = "interrupted, checkpoint saved" if result.interrupted else f"done, model in {result.final_path}"
     print(f"finetune-trainer: {state} after {result.steps} steps", flush=True)
     return EXIT_OK

@@ -233,6 +233,9 @@ class TrainingSpec(SpecModel):
     """Pack each micro-batch's samples into one row (no padding tokens); false pads them to a rectangle."""
     max_non_finite_steps: int = Field(default=3, ge=0, le=1_000_000)
     """Consecutive steps with NaN/Inf loss or gradient norm (skipped, not applied) before the trainer exits 3."""
+    eval_interval_steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    """Also compute the eval loss every this many steps (default: at checkpoints and at the end); a sweep scoring
+    on eval loss needs it at its rungs."""
 
 
 class Recipe(SpecModel):

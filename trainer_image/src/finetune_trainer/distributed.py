@@ -60,6 +60,13 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return all_reduce_sum(1.0 if flag else 0.0, device) > 0
 
 
-def close_world() -> None:
-    if distributed():
-        dist.destroy_process_group()
+def close_world(synchronize: bool) -> None:
+    """Leave the process group. After a clean run every rank first meets at a barrier, so no rank tears its
+    group down while a peer still has a collective (or a gloo send) in flight: that race aborted a rank with
+    "terminate called without an active exception" after both had finished. After a failure no barrier: the
+    failed peer may never arrive, and waiting for it would turn a clear failure into a 30-minute hang."""
+    if not distributed():
+        return
+    if synchronize:
+        dist.barrier()
+    dist.destroy_process_group()

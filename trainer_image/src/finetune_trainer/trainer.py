@@ -9,6 +9,7 @@ number of ranks changes the loss or the gradient. The gradient norm logged is th
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import signal
@@ -226,8 +227,10 @@ class Trainer:
                 raise NonFiniteError(
                     f"loss/grad norm non-finite for {nonfinite_streak} consecutive steps at step {self.step}"
                 )
-            if interval and self.step % interval == 0 and self.step < self.total_steps:
+            checkpoint_now = bool(interval) and self.step % interval == 0 and self.step < self.total_steps
+            if checkpoint_now:
                 self.save_checkpoint()
+            if self.step < self.total_steps and (checkpoint_now or self.eval_due(self.step)):
                 self.evaluate()
             if any_rank(self.stop_requested, self.world.device):
                 self.save_checkpoint()
@@ -344,6 +347,10 @@ class Trainer:
             norm = norm.full_tensor()
         return float(norm.item())
 
+    def eval_due(self, step: int) -> bool:
+        every = self.recipe.training.eval_interval_steps
+        return every is not None and step % every == 0
+
     def evaluate(self) -> float | None:
         """Token-weighted mean loss over the eval split, shared out over ranks."""
         if not self.eval_samples:
@@ -385,8 +392,14 @@ class Trainer:
         self.logger.log_event("checkpoint", step=self.step, path=str(path))
         return path
 
-    def close(self) -> None:
+    def close(self, synchronize: bool = False) -> None:
+        """Release everything, the process group last. The model and optimizer go first: FSDP keeps the group
+        and its last async work objects alive through them, and a gloo work object finalised after the group
+        (at interpreter exit) aborts the process although training succeeded."""
         logger = getattr(self, "logger", None)
         if logger is not None:
             logger.close()
-        close_world()
+        for attribute in ("optimizer", "model", "hf_model"):
+            self.__dict__.pop(attribute, None)
+        gc.collect()
+        close_world(synchronize)

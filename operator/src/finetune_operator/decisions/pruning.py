@@ -68,14 +68,20 @@ class Verdict:
 
 
 def judge(
-    trials: Sequence[Trial], rungs: Rungs, direction: Direction = "minimize", min_trials_per_rung: int = 3
+    trials: Sequence[Trial],
+    rungs: Rungs,
+    direction: Direction = "minimize",
+    min_trials_per_rung: int = 3,
+    keep_factor: int | None = None,
 ) -> dict[str, Verdict]:
-    """A verdict for every trial, from the scores seen so far."""
-    return {trial.name: _judge_one(trial, trials, rungs, direction, min_trials_per_rung) for trial in trials}
+    """A verdict for every trial, from the scores seen so far. A rung keeps the best 1/keep_factor of the trials
+    that reached it (default: the reduction factor, as ASHA; 2 is the median rule)."""
+    factor = keep_factor or rungs.reduction_factor
+    return {trial.name: _judge_one(trial, trials, rungs, direction, min_trials_per_rung, factor) for trial in trials}
 
 
 def _judge_one(
-    trial: Trial, trials: Sequence[Trial], rungs: Rungs, direction: Direction, min_trials_per_rung: int
+    trial: Trial, trials: Sequence[Trial], rungs: Rungs, direction: Direction, min_trials_per_rung: int, factor: int
 ) -> Verdict:
     rung = trial.highest_rung(rungs)
     if rung is None:
@@ -90,7 +96,7 @@ def _judge_one(
     peers = sorted(finite, key=lambda item: (item[0] if direction == "minimize" else -item[0], item[1]))
     if len(peers) < min_trials_per_rung:
         return Verdict(trial.name, False, "TooFewPeers", rung, score, peers=len(peers))
-    keep = max(1, len(peers) // rungs.reduction_factor)
+    keep = max(1, len(peers) // factor)
     cutoff = peers[keep - 1][0]
     kept = (score, trial.name) in peers[:keep]
     reason = "WithinRungCutoff" if kept else "BelowRungCutoff"
