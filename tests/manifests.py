@@ -8,6 +8,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
+SWEEP_EXAMPLES = [path for path in EXAMPLES if path.name.startswith("sweep")]
+JOB_EXAMPLES = [path for path in EXAMPLES if path not in SWEEP_EXAMPLES]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 """The shared instruction-tuning data (see its README.md); CI checks it out next to the repository."""
 TINY_LLAMA = {

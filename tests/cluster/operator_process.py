@@ -34,6 +34,8 @@ FINETUNE = Path(sys.executable).with_name("finetune")  # the console script next
 TRAINER_IMAGE = "test/trainer:1"
 CRD_FILE = REPO_ROOT / "crds" / "finetunejob.yaml"
 CRD_NAME = "finetunejobs.finetune.dev"
+SWEEP_CRD_FILE = REPO_ROOT / "crds" / "finetunesweep.yaml"
+SWEEP_CRD_NAME = "finetunesweeps.finetune.dev"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
@@ -42,16 +44,18 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 def apply_crd(cluster: Cluster) -> None:
-    """Install the FineTuneJob CRD the way the docs say (server-side apply); the operator never installs it."""
-    cluster.kubectl("apply", "--server-side", "--field-manager=finetune-tests", "-f", str(CRD_FILE))
-    cluster.wait_condition(f"crd/{CRD_NAME}", "Established")
-    # Established comes a moment before the storage serves lists (429 "storage is (re)initializing"): an
-    # operator started in between logs ERRORs for a state no real cluster is in for long.
-    wait_for(
-        lambda: cluster.kubectl("get", CRD_NAME, "--all-namespaces", check=False).returncode == 0,
-        60,
-        "FineTuneJob lists to be served",
-    )
+    """Install the FineTuneJob and FineTuneSweep CRDs the way the docs say (server-side apply); the operator never
+    installs them."""
+    for path, name in ((CRD_FILE, CRD_NAME), (SWEEP_CRD_FILE, SWEEP_CRD_NAME)):
+        cluster.kubectl("apply", "--server-side", "--field-manager=finetune-tests", "-f", str(path))
+        cluster.wait_condition(f"crd/{name}", "Established")
+        # Established comes a moment before the storage serves lists (429 "storage is (re)initializing"): an
+        # operator started in between logs ERRORs for a state no real cluster is in for long.
+        wait_for(
+            lambda name=name: cluster.kubectl("get", name, "--all-namespaces", check=False).returncode == 0,
+            60,
+            f"{name} lists to be served",
+        )
 
 
 def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -272,3 +276,24 @@ def wait_stable(probe: Callable[[], T], window: float, timeout: float, what: str
         elif time.monotonic() - since >= window:
             return value
     raise WaitTimeoutError(f"{what} kept changing for {timeout:.0f}s (last: {value!r})")
+
+
+class ConfiguredOperator(OperatorProcess):
+    """OperatorProcess with both listeners on loopback and extra flags (e.g. its own --prometheus-url)."""
+
+    def __init__(self, cluster: Cluster, log_dir: Path, extra: Sequence[str] = ()) -> None:
+        super().__init__(cluster, log_dir)
+        self.extra = list(extra)
+
+    def argv(self) -> list[str]:
+        base = super().argv()
+        cut = base.index("--prometheus-url")  # the base's dead loopback URL: these tests choose their own source
+        return [*base[:cut], *base[cut + 2 :], "--health-host=127.0.0.1", "--metrics-host=127.0.0.1", *self.extra]
+
+
+def stop_cleanly(operator: OperatorProcess) -> None:
+    """Stop it with SIGTERM and require that it was alive and exited 0."""
+    was_alive = operator.alive()
+    code = operator.stop()
+    assert was_alive, f"the operator had died (code {code}):\n{operator.log_tail()}"
+    assert code == 0, f"the operator exited {code} on SIGTERM, not 0:\n{operator.log_tail()}"

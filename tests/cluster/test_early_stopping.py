@@ -27,7 +27,9 @@ from tests.cluster.components import free_port
 from tests.cluster.controlplane import Cluster
 from tests.cluster.nodeagent_handle import NodeAgentHandle
 from tests.cluster.nodeagent_objects import ENV_ANNOTATION_PREFIX
-from tests.cluster.operator_process import OperatorProcess, apply_crd
+from tests.cluster.operator_process import ConfiguredOperator as Operator
+from tests.cluster.operator_process import apply_crd
+from tests.cluster.operator_process import stop_cleanly as _stop_cleanly
 from tests.cluster.prometheus import PrometheusServer
 from tests.cluster.pytorchjobs import condition, get_pytorchjob
 from tests.cluster.trainer_jobs import annotate_namespace, conditions_of, create_ftj, get_ftj, trainer_job
@@ -58,26 +60,6 @@ SANE_POLICY = {"checkAfterSteps": 3, "windowSteps": 2, "maxGradNorm": 1000.0, "e
 # own guard would end it with exit 3 after 4 NaN steps, ~0.15 s here: before any scrape or evaluation.
 NAN_STEP = 30
 NAN_ENV = {names.ENV_FAULT_NAN_AT_STEP: str(NAN_STEP)}
-
-
-class Operator(OperatorProcess):
-    """OperatorProcess (operator_process.py), with both listeners on loopback and extra flags (--prometheus-url)."""
-
-    def __init__(self, cluster: Cluster, log_dir: Path, extra: Sequence[str] = ()) -> None:
-        super().__init__(cluster, log_dir)
-        self.extra = list(extra)
-
-    def argv(self) -> list[str]:
-        base = super().argv()
-        cut = base.index("--prometheus-url")  # the base's dead loopback URL: these tests choose their own source
-        return [*base[:cut], *base[cut + 2 :], "--health-host=127.0.0.1", "--metrics-host=127.0.0.1", *self.extra]
-
-
-def _stop_cleanly(operator: Operator) -> None:
-    was_alive = operator.alive()
-    code = operator.stop()
-    assert was_alive, f"the operator had died (code {code}):\n{operator.log_tail()}"
-    assert code == 0, f"the operator exited {code} on SIGTERM, not 0:\n{operator.log_tail()}"
 
 
 @pytest.fixture(scope="module")

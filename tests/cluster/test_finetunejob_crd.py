@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.cluster.controlplane import Cluster
 from tests.cluster.waiting import wait_for
 from tests.invalid_cases import CASES, Case
-from tests.manifests import REPO_ROOT, minimal_job
+from tests.manifests import JOB_EXAMPLES, REPO_ROOT, minimal_job
 
 pytestmark = pytest.mark.cluster
 
@@ -125,7 +125,7 @@ def test_valid_job_is_accepted_with_server_side_defaults(
     assert spec["model"] == {**sent["spec"]["model"], "dtype": "bfloat16", "attnImplementation": "sdpa"}
 
 
-@pytest.mark.parametrize("example", sorted((REPO_ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("example", JOB_EXAMPLES, ids=lambda p: p.name)
 def test_examples_are_accepted(crd_applied: Cluster, api: client.ApiClient, namespace: str, example: Any) -> None:
     manifest = yaml.safe_load(example.read_text())
     created = _create(api, namespace, manifest)

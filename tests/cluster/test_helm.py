@@ -305,7 +305,10 @@ def test_cluster_identity_is_least_privilege(cluster_release: Release, tmp_path:
     for verb, resource, where in (
         ("create", "pytorchjobs.kubeflow.org", "default"),
         ("patch", "finetunejobs.finetune.dev/status", "default"),
+        ("patch", "finetunesweeps.finetune.dev/status", "default"),
         ("list", "finetunejobs.finetune.dev", None),
+        ("list", "finetunesweeps.finetune.dev", None),
+        ("create", "finetunejobs.finetune.dev", "default"),  # a sweep's trials
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("create", "events", "default"),
         ("list", "events", None),  # the FailedCreatePod check: one field-selected LIST for all jobs
@@ -319,8 +322,9 @@ def test_cluster_identity_is_least_privilege(cluster_release: Release, tmp_path:
         ("create", "pods", ns),
         ("watch", "pods", None),
         ("update", "finetunejobs.finetune.dev/status", "default"),
-        ("patch", "finetunejobs.finetune.dev", "default"),  # no annotations: only the status is written
-        ("delete", "finetunejobs.finetune.dev", "default"),
+        ("patch", "finetunesweeps.finetune.dev", "default"),  # no annotations: only the status is written
+        ("delete", "finetunejobs.finetune.dev", "default"),  # trials go by garbage collection
+        ("update", "finetunesweeps.finetune.dev/status", "default"),
         ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("create", "clusterroles.rbac.authorization.k8s.io", None),
         ("patch", "clusterkopfpeerings.kopf.dev", None),  # no peering configured
@@ -345,6 +349,7 @@ def test_namespaced_identity_is_confined(namespaced_release: Release) -> None:
         ("create", "pytorchjobs.kubeflow.org"),
         ("delete", "pytorchjobs.kubeflow.org"),
         ("patch", "finetunejobs.finetune.dev"),
+        ("create", "finetunejobs.finetune.dev"),
         ("list", "pods"),
         ("create", "events"),
     ):

@@ -22,7 +22,7 @@ from tests.cluster.pytorchjobs import (
     wait_condition,
     wait_running,
 )
-from tests.manifests import EXAMPLES, minimal_job
+from tests.manifests import JOB_EXAMPLES, minimal_job
 
 pytestmark = pytest.mark.cluster
 
@@ -106,7 +106,7 @@ def test_rendered_pytorchjob_runs_on_gpu_nodes(api: client.ApiClient, namespace:
     assert ranks == set(range(nodes))
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
+@pytest.mark.parametrize("example", JOB_EXAMPLES, ids=lambda path: path.name)
 def test_every_example_renders_to_a_pytorchjob_the_crd_accepts(
     api: client.ApiClient, namespace: str, example: Path
 ) -> None:

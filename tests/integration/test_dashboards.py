@@ -5,6 +5,10 @@ expression returns data from a real Prometheus scraping a real trainer run (`pyt
 model) and the operator's real exporter (`OperatorMetrics`); the chart renders the files unchanged into
 ConfigMaps for the Grafana sidecar. No cluster needed.
 
+The sweep dashboard's trial is the trainer run itself: the exporter is fed a FineTuneSweep status whose trial table
+names the run's FineTuneJob, so the per-trial overlays (trainer series joined to the sweep through the operator's
+info metric finetune_operator_sweep_trial) are checked against real curves.
+
 Exempt from the non-empty check: the DCGM panel (no DCGM exporter here; it must show no data, not an error).
 """
 
@@ -36,6 +40,8 @@ CHART = Path(__file__).resolve().parents[2] / "helm" / "finetune-operator"
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 HELM = Path.home() / ".cache" / "finetune-operator" / "cluster" / "bin" / "helm"
 JOB, NAMESPACE = "tiny-sft", "tests"  # the identity tests.trainer.test_trainer.run_env gives the trainer
+SWEEP, OTHER_SWEEP = "lr-sweep", "other-sweep"  # JOB is trial 0 of SWEEP, pruned at rung PRUNED_AT
+PRUNED_AT = 20
 # Grafana's template variables, as Grafana would expand them for this test's Prometheus (1 s scrapes).
 VARIABLES = {
     "${datasource}": "prometheus",
@@ -44,6 +50,13 @@ VARIABLES = {
     "$__range": "10m",
     "$namespace": NAMESPACE,
     "$finetunejob": JOB,
+    "$sweep": SWEEP,
+}
+# Where each dashboard's query variables (other than the datasource) take their values from.
+VARIABLE_SOURCES = {
+    "finetune-fleet": {"namespace": "finetune_train_loss", "finetunejob": "finetune_train_loss"},
+    "finetune-job": {"namespace": "finetune_train_loss", "finetunejob": "finetune_train_loss"},
+    "finetune-sweep": {"namespace": "finetune_operator_sweep_trial", "sweep": "finetune_operator_sweep_trial"},
 }
 
 
@@ -87,8 +100,8 @@ def all_queries() -> list[tuple[str, str]]:
 
 
 # ----------------------------------------------------------------------------------------------- structure
-def test_both_dashboards_exist() -> None:
-    assert [path.name for path in DASHBOARDS] == ["finetune-fleet.json", "finetune-job.json"]
+def test_every_dashboard_exists() -> None:
+    assert [path.name for path in DASHBOARDS] == ["finetune-fleet.json", "finetune-job.json", "finetune-sweep.json"]
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda path: path.stem)
@@ -101,10 +114,14 @@ def test_dashboard_model_structure(path: Path) -> None:
     variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for name in ("namespace", "finetunejob"):
+    sources = VARIABLE_SOURCES[path.stem]
+    assert set(variables) == {"datasource", *sources}
+    for name, metric in sources.items():
         assert variables[name]["type"] == "query"
         assert variables[name]["datasource"]["uid"] == "${datasource}"
-        assert variables[name]["definition"].startswith("label_values(finetune_train_loss")
+        assert variables[name]["definition"].startswith(f"label_values({metric}")
+        assert variables[name]["query"]["query"] == variables[name]["definition"]
+        assert f"${name}" in VARIABLES, f"the live checks cannot expand ${name}"
     for panel in panels(dashboard):
         assert panel.get("targets"), f"panel {panel['id']} has no query"
         for target in [panel, *panel["targets"]]:
@@ -113,14 +130,82 @@ def test_dashboard_model_structure(path: Path) -> None:
         assert annotation["datasource"]["uid"] == "${datasource}"
 
 
+def log_scale(panel: dict[str, Any]) -> bool:
+    return panel["fieldConfig"]["defaults"]["custom"].get("scaleDistribution", {}).get("type") == "log"
+
+
 def test_job_dashboard_grad_norm_is_log_scale() -> None:
     job = load(CHART / "dashboards" / "finetune-job.json")
     (panel,) = [panel for panel in job["panels"] if "Gradient" in panel["title"]]
-    assert panel["fieldConfig"]["defaults"]["custom"]["scaleDistribution"]["type"] == "log"
+    assert log_scale(panel)
     assert "kubectl get ftj" in panel["description"]  # the verdict and every threshold are in the FineTuneJob
     thresholds = [target["expr"] for target in panel["targets"] if "finetune_operator_job_threshold" in target["expr"]]
     assert len(thresholds) == 1
     assert 'rule="maxGradNorm"' in thresholds[0]
+
+
+SWEEP_DASHBOARD = CHART / "dashboards" / "finetune-sweep.json"
+SWEEP_SELECTOR = 'finetune_operator_sweep_trial{namespace="$namespace", sweep="$sweep"}'
+OVERLAID = {
+    "Training loss of every trial": "finetune_train_loss",
+    "Gradient norm of every trial (log scale)": "finetune_grad_norm",
+    "Eval loss of every trial": "finetune_eval_loss",
+}
+
+
+def sweep_panel(title: str) -> dict[str, Any]:
+    (panel,) = [panel for panel in panels(load(SWEEP_DASHBOARD)) if panel["title"] == title]
+    return panel
+
+
+def test_sweep_dashboard_overlays_every_trial_through_the_info_metric() -> None:
+    """One curve per trial of the selected sweep: the trainer series (labels namespace, finetunejob) joined to the
+    sweep by the operator's info metric, reduced first to one series per trial so that neither the trial's phase
+    label (it changes) nor several operator replicas can break the many-to-one match."""
+    dashboard = load(SWEEP_DASHBOARD)
+    assert dashboard["uid"] == "finetune-sweep"
+    assert dashboard["title"] == "finetune-operator / sweep"
+    for title, metric in OVERLAID.items():
+        panel = sweep_panel(title)
+        assert panel["type"] == "timeseries"
+        (target,) = panel["targets"]
+        assert target["expr"] == (
+            f'{metric}{{namespace="$namespace"}} * on(namespace, finetunejob) group_left(trial) '
+            f"max by (namespace, finetunejob, trial) ({SWEEP_SELECTOR})"
+        )
+        assert target["legendFormat"] == "{{finetunejob}}"
+        assert log_scale(panel) == (metric == "finetune_grad_norm")
+
+
+def test_sweep_dashboard_trial_table_and_stats() -> None:
+    table = sweep_panel("Trials")
+    assert table["type"] == "table"
+    assert all(target["instant"] and target["format"] == "table" for target in table["targets"])
+    assert "max by (finetunejob, trial, phase)" in table["targets"][0]["expr"]
+    assert table["transformations"][0]["id"] == "merge"  # one row per trial from the four instant queries
+    stats = {panel["title"]: panel for panel in panels(load(SWEEP_DASHBOARD)) if panel["type"] == "stat"}
+    assert set(stats) == {
+        "Trials by phase",
+        "Pruned trials",
+        "GPU-hours saved by pruning",
+        "Score vs objective (Spearman rho)",
+    }
+    rho = stats["Score vs objective (Spearman rho)"]
+    assert rho["fieldConfig"]["defaults"]["thresholds"] == {
+        "mode": "absolute",
+        "steps": [{"color": "red", "value": None}, {"color": "green", "value": 0.3}],
+    }
+    assert "early score predict the final objective on this sweep's own runs" in rho["description"]
+    assert "finetune_operator_sweep_score_objective_rho" in rho["targets"][0]["expr"]
+
+
+def test_sweep_dashboard_marks_pruning_decisions() -> None:
+    annotations = {annotation["name"]: annotation for annotation in load(SWEEP_DASHBOARD)["annotations"]["list"]}
+    pruned = annotations["Pruned trials"]
+    assert pruned["expr"] == (
+        'max by (finetunejob, rung) (finetune_operator_sweep_trial_pruned{namespace="$namespace", sweep="$sweep"}) == 1'
+    )
+    assert pruned["textFormat"] == "pruned {{finetunejob}} at rung {{rung}}"
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -187,6 +272,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, float,
     operator.record_thresholds(NAMESPACE, JOB, {"maxGradNorm": 5.0, "minLoss": 0.1})
     operator.record_phase(NAMESPACE, "other-job", "Pending")
     operator.early_stops.labels(rule="GradNormAboveMax")
+    # JOB is trial 0 of SWEEP from the start, so its curves join the sweep while they are scraped; t1 and t2 ran
+    # before (no trainer series here). OTHER_SWEEP's only trial is another job: JOB must never show there.
+    trials = [
+        {"index": 0, "name": JOB, "phase": "Running"},
+        {"index": 1, "name": f"{SWEEP}-t1", "phase": "Pruned"},
+        {"index": 2, "name": f"{SWEEP}-t2", "phase": "Succeeded", "objective": 1.5},
+    ]
+    operator.record_sweep(NAMESPACE, SWEEP, {"trials": trials})
+    operator.record_sweep(NAMESPACE, OTHER_SWEEP, {"trials": [{"index": 0, "name": "other-job", "phase": "Running"}]})
     trainer_port = free_port()
     targets = tmp / "targets.json"
     targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{trainer_port}", f"127.0.0.1:{operator_port}"]}]))
@@ -218,7 +312,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, float,
         operator.early_stops.labels(rule="GradNormAboveMax").inc()
         operator.record_early_stop(NAMESPACE, JOB, "maxGradNorm")
         operator.gpu_seconds_saved.inc(2 * 3600.0)
+        # The sweep prunes JOB at its rung (after several scrapes, so increase() sees it) and reports it in status.
+        operator.record_prune(NAMESPACE, SWEEP, JOB, PRUNED_AT)
+        trials[0] = {"index": 0, "name": JOB, "phase": "Pruned", "rung": PRUNED_AT}
+        status = {"trials": trials, "gpuSecondsSaved": 5400.0, "scoreObjectiveCorrelation": {"rho": 0.6, "trials": 4}}
+        operator.record_sweep(NAMESPACE, SWEEP, status)
         wait_for_data(url, "increase(finetune_operator_early_stops_total[10s]) > 0", start)
+        wait_for_data(url, "increase(finetune_operator_sweep_pruned_total[10s]) > 0", start)
+        wait_for_data(url, 'finetune_operator_sweep_trials{phase="Pruned"} == 2', start)
         yield url, start, time.time()
     finally:
         os.killpg(process.pid, signal.SIGKILL)
@@ -261,6 +362,72 @@ def test_early_stop_annotations_mark_the_stop(live: tuple[str, float, float]) ->
     assert series["metric"] == {"rule": "maxGradNorm"}
 
 
+def sweep_query(title: str, ref: str = "A") -> str:
+    (target,) = [target for target in sweep_panel(title)["targets"] if target["refId"] == ref]
+    return substitute(target["expr"])
+
+
+def test_sweep_overlays_show_the_trial_curve_once_across_its_phase_change(live: tuple[str, float, float]) -> None:
+    """The trial's curve, labelled with its trial index, one series although its info series changed phase
+    (Running, then Pruned) during the range; and nothing of it under another sweep."""
+    url, start, end = live
+    for title in OVERLAID:
+        (series,) = query_range(url, sweep_query(title), start, end)
+        assert series["metric"]["finetunejob"] == JOB
+        assert series["metric"]["trial"] == "0"
+        assert len(series["values"]) >= 2, title
+        assert (
+            query_range(url, sweep_query(title).replace(f'sweep="{SWEEP}"', f'sweep="{OTHER_SWEEP}"'), start, end) == []
+        )
+    trainer = query_range(url, f'finetune_train_loss{{finetunejob="{JOB}"}}', start, end)
+    (overlay,) = query_range(url, sweep_query("Training loss of every trial"), start, end)
+    assert overlay["values"] == trainer[0]["values"]  # the join multiplies by 1: the curve is the trainer's own
+
+
+def test_sweep_trial_table_rows(live: tuple[str, float, float]) -> None:
+    url, _, end = live
+    rows = query_range(url, sweep_query("Trials", "A"), end, end)
+    assert {(row["metric"]["trial"], row["metric"]["finetunejob"], row["metric"]["phase"]) for row in rows} == {
+        ("0", JOB, "Pruned"),
+        ("1", f"{SWEEP}-t1", "Pruned"),
+        ("2", f"{SWEEP}-t2", "Succeeded"),
+    }
+    (step,) = query_range(url, sweep_query("Trials", "B"), end, end)
+    assert step["metric"] == {"finetunejob": JOB}
+    assert float(step["values"][-1][1]) >= 3
+    (loss,) = query_range(url, sweep_query("Trials", "C"), end, end)
+    assert loss["metric"] == {"finetunejob": JOB}
+    (rung,) = query_range(url, sweep_query("Trials", "D"), end, end)
+    assert rung["metric"] == {"finetunejob": JOB, "rung": str(PRUNED_AT)}
+
+
+def test_sweep_stats(live: tuple[str, float, float]) -> None:
+    url, _, end = live
+
+    def last(title: str, ref: str = "A") -> dict[str, float]:
+        result = query_range(url, sweep_query(title, ref), end, end)
+        return {series["metric"].get("phase", ""): float(series["values"][-1][1]) for series in result}
+
+    assert last("Trials by phase") == {
+        "Pending": 0, "Running": 0, "Pruned": 2, "Succeeded": 1, "Failed": 0, "EarlyStopped": 0, "Suspended": 0,
+    }  # fmt: skip
+    assert last("Pruned trials", "A") == {"": 2.0}
+    assert last("Pruned trials", "B")[""] > 0
+    assert last("GPU-hours saved by pruning") == {"": pytest.approx(1.5)}
+    assert last("Score vs objective (Spearman rho)") == {"": pytest.approx(0.6)}
+
+
+def test_sweep_pruning_annotation_marks_the_pruned_trial(live: tuple[str, float, float]) -> None:
+    url, start, end = live
+    pruned, early_stops = load(SWEEP_DASHBOARD)["annotations"]["list"]
+    (series,) = query_range(url, substitute(pruned["expr"]), start, end)
+    assert series["metric"] == {"finetunejob": JOB, "rung": str(PRUNED_AT)}
+    (series,) = query_range(url, substitute(early_stops["expr"]), start, end)  # the trial's own maxGradNorm stop
+    assert series["metric"] == {"finetunejob": JOB, "rule": "maxGradNorm"}
+    other = substitute(pruned["expr"]).replace(f'sweep="{SWEEP}"', f'sweep="{OTHER_SWEEP}"')
+    assert query_range(url, other, start, end) == []
+
+
 def test_job_threshold_line_is_the_exported_threshold(live: tuple[str, float, float]) -> None:
     url, start, end = live
     query = f'finetune_operator_job_threshold{{namespace="{NAMESPACE}", finetunejob="{JOB}", rule="maxGradNorm"}}'
@@ -291,7 +458,7 @@ def dashboard_configmaps(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_chart_renders_one_configmap_per_dashboard_with_the_exact_json() -> None:
     configmaps = dashboard_configmaps(helm_template("--set", "grafanaDashboards.enabled=true"))
-    assert len(configmaps) == 2
+    assert len(configmaps) == len(DASHBOARDS) == 3
     rendered = {}
     for configmap in configmaps:
         assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -309,6 +476,6 @@ def test_chart_renders_no_dashboards_by_default_and_honours_labels_and_annotatio
             "--set", "grafanaDashboards.annotations.grafana_folder=Fine-tuning",
         )
     )  # fmt: skip
-    assert [configmap["metadata"]["labels"]["grafana_dashboard"] for configmap in configmaps] == ["yes", "yes"]
+    assert [configmap["metadata"]["labels"]["grafana_dashboard"] for configmap in configmaps] == ["yes"] * 3
     assert all(configmap["metadata"]["annotations"] == {"grafana_folder": "Fine-tuning"} for configmap in configmaps)
     assert all(re.fullmatch(r"[a-z0-9-]{1,63}", configmap["metadata"]["name"]) for configmap in configmaps)

@@ -4,6 +4,9 @@ For fast unit tests of the reconcile functions; the cluster tests hold the same 
 server. It keeps what the real server guarantees and the reconcile relies on: 409 on a create of an existing
 name, resourceVersion-guarded status writes (409 when stale), 404 as None. Refusals the real server gives for
 reasons outside this seam (an admission policy) are injected with `refuse_creates`.
+
+FineTuneSweeps are kept apart from FineTuneJobs (`sweeps`); the sweep loop creates and patches FineTuneJobs (its
+trials) and writes the sweep's status. Events on either kind land in `events`, keyed by the object's name.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class FakeKube:
         self.refuse_creates: ApiException | None = None
         self.refuse_events: ApiException | None = None
         self.pods: dict[tuple[str, str], list[Manifest]] = {}  # (namespace, child) -> its pods
+        self.sweeps: dict[tuple[str, str], Manifest] = {}
         self._versions = itertools.count(1)
 
     # -- FineTuneJobs ------------------------------------------------------------------------------------------
@@ -59,6 +63,40 @@ class FakeKube:
         job["metadata"]["resourceVersion"] = str(next(self._versions))
         return copy.deepcopy(job)
 
+    def create_job(self, namespace: str, manifest: Manifest) -> Manifest:
+        """A POST of a FineTuneJob: 409 when the name is taken; the server sets uid, resourceVersion, generation."""
+        self.calls.append("create_job")
+        key = (namespace, manifest["metadata"]["name"])
+        if key in self.jobs:
+            raise api_error(409, f'finetunejobs.finetune.dev "{key[1]}" already exists')
+        job = copy.deepcopy(manifest)
+        job["metadata"] = {
+            **job["metadata"],
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "generation": 1,
+            "resourceVersion": str(next(self._versions)),
+        }
+        self.jobs[key] = job
+        return copy.deepcopy(job)
+
+    def patch_job(self, namespace: str, name: str, patch: Manifest) -> None:
+        """A merge patch of the FineTuneJob (its spec): a new generation when the spec changed, 404 when gone."""
+        self.calls.append("patch_job")
+        job = self.jobs.get((namespace, name))
+        if job is None:
+            raise api_error(404, f'finetunejobs.finetune.dev "{name}" not found')
+        before = copy.deepcopy(job.get("spec"))
+        _merge(job, patch)
+        if job.get("spec") != before:
+            job["metadata"]["generation"] += 1
+        job["metadata"]["resourceVersion"] = str(next(self._versions))
+
+    def find_job(self, namespace: str, name: str) -> Manifest | None:
+        """The job as the operator's index holds it (a copy; not an API call, so not in `calls`)."""
+        job = self.jobs.get((namespace, name))
+        return copy.deepcopy(job) if job else None
+
     def get_job(self, namespace: str, name: str) -> Manifest | None:
         self.calls.append("get_job")
         job = self.jobs.get((namespace, name))
@@ -79,6 +117,45 @@ class FakeKube:
         if self.refuse_events is not None:
             raise self.refuse_events
         self.events.append((job["metadata"]["name"], kind, reason, message))
+
+    # -- FineTuneSweeps ----------------------------------------------------------------------------------------
+
+    def add_sweep(self, manifest: Manifest, namespace: str = "ns") -> Manifest:
+        sweep = copy.deepcopy(manifest)
+        sweep["metadata"] = {
+            **sweep["metadata"],
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "generation": 1,
+            "resourceVersion": str(next(self._versions)),
+        }
+        self.sweeps[(namespace, sweep["metadata"]["name"])] = sweep
+        return copy.deepcopy(sweep)
+
+    def get_sweep(self, namespace: str, name: str) -> Manifest | None:
+        """The sweep as the watch would deliver it now (a copy)."""
+        sweep = self.sweeps.get((namespace, name))
+        return copy.deepcopy(sweep) if sweep else None
+
+    def edit_sweep_spec(self, namespace: str, name: str, spec: Manifest) -> Manifest:
+        """A user's merge patch of the sweep's spec: a new generation and resourceVersion."""
+        sweep = self.sweeps[(namespace, name)]
+        _merge(sweep["spec"], spec)
+        sweep["metadata"]["generation"] += 1
+        sweep["metadata"]["resourceVersion"] = str(next(self._versions))
+        return copy.deepcopy(sweep)
+
+    def patch_sweep_status(self, namespace: str, name: str, status: Manifest) -> None:
+        """A merge patch of the status subresource ({"status": status}): objects merge, lists are replaced, null
+        deletes; 404 when the sweep is gone."""
+        self.calls.append("patch_sweep_status")
+        sweep = self.sweeps.get((namespace, name))
+        if sweep is None:
+            raise api_error(404, f'finetunesweeps.finetune.dev "{name}" not found')
+        if not isinstance(sweep.get("status"), dict):
+            sweep["status"] = {}
+        _merge(sweep["status"], status)
+        sweep["metadata"]["resourceVersion"] = str(next(self._versions))
 
     # -- children ----------------------------------------------------------------------------------------------
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from finetune_contract import names
+from finetune_operator.api.sweep import FineTuneSweep, plan
 from finetune_operator.children.pytorchjob import render_pytorchjob
 from tests.invalid_cases import CASES
-from tests.manifests import EXAMPLES, REPO_ROOT, minimal_job
+from tests.manifests import JOB_EXAMPLES, REPO_ROOT, SWEEP_EXAMPLES, minimal_job
 
 
 def finetune(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -23,11 +25,11 @@ def finetune(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 
 
 def test_render_prints_one_pytorchjob_per_example() -> None:
-    result = finetune("render", *map(str, EXAMPLES))
+    result = finetune("render", *map(str, JOB_EXAMPLES))
     assert result.returncode == 0, result.stderr
     documents = list(yaml.safe_load_all(result.stdout))
-    assert len(documents) == len(EXAMPLES)
-    for document, example in zip(documents, EXAMPLES, strict=True):
+    assert len(documents) == len(JOB_EXAMPLES)
+    for document, example in zip(documents, JOB_EXAMPLES, strict=True):
         assert document["kind"] == "PyTorchJob"
         assert document == render_pytorchjob(yaml.safe_load(example.read_text()))
 
@@ -38,10 +40,15 @@ def test_render_reads_stdin() -> None:
     assert yaml.safe_load(result.stdout)["metadata"]["name"] == "from-stdin"
 
 
-def test_crd_prints_the_committed_crd() -> None:
+def test_crd_prints_the_committed_crds() -> None:
     result = finetune("crd")
     assert result.returncode == 0
-    assert result.stdout == (REPO_ROOT / "crds/finetunejob.yaml").read_text()
+    committed = [(REPO_ROOT / name).read_text() for name in ("crds/finetunejob.yaml", "crds/finetunesweep.yaml")]
+    assert result.stdout == "---\n".join(committed)
+    assert [doc["spec"]["names"]["kind"] for doc in yaml.safe_load_all(result.stdout)] == [
+        "FineTuneJob",
+        "FineTuneSweep",
+    ]
 
 
 @pytest.mark.parametrize("case", CASES[:8] + [case for case in CASES if not case.server], ids=lambda case: case.id)
@@ -81,6 +88,42 @@ def test_missing_file_exits_2() -> None:
 
 
 def test_validate_reports_valid_files() -> None:
-    result = finetune("validate", str(EXAMPLES[0]))
+    result = finetune("validate", str(JOB_EXAMPLES[0]))
     assert result.returncode == 0
     assert "is valid" in result.stdout
+
+
+@pytest.mark.parametrize("example", SWEEP_EXAMPLES, ids=lambda path: path.name)
+def test_render_prints_every_trial_of_a_sweep(example: Path) -> None:
+    """A FineTuneSweep renders as its trial FineTuneJobs, in index order, each one a valid FineTuneJob that
+    `finetune render` turns into a PyTorchJob in turn."""
+    result = finetune("render", str(example))
+    assert result.returncode == 0, result.stderr
+    trials = list(yaml.safe_load_all(result.stdout))
+    source = yaml.safe_load(example.read_text())
+    planned, problems = plan(source["metadata"]["name"], FineTuneSweep.model_validate(source).spec)
+    assert problems == []
+    assert [trial["metadata"]["name"] for trial in trials] == [trial.name for trial in planned]
+    assert [trial["metadata"]["labels"][names.TRIAL_INDEX_LABEL] for trial in trials] == [
+        str(index) for index in range(len(planned))
+    ]
+    assert {trial["kind"] for trial in trials} == {"FineTuneJob"}
+    again = finetune("render", "-", stdin=yaml.safe_dump_all(trials))
+    assert again.returncode == 0, again.stderr
+    assert [child["kind"] for child in yaml.safe_load_all(again.stdout)] == ["PyTorchJob"] * len(trials)
+    validated = finetune("validate", str(example))
+    assert validated.returncode == 0, validated.stderr
+    assert f"FineTuneSweep default/{source['metadata']['name']} is valid ({len(planned)} trials)" in validated.stdout
+
+
+def test_render_refuses_a_sweep_with_a_bad_value_naming_its_path(tmp_path: Path) -> None:
+    sweep = yaml.safe_load(SWEEP_EXAMPLES[0].read_text())
+    sweep["spec"]["parameters"][0]["values"].append(-1)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    result = finetune("render", str(path))
+    assert result.returncode == 2
+    position = len(sweep["spec"]["parameters"][0]["values"]) - 1
+    assert f"spec.parameters[0].values[{position}]" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""

@@ -12,7 +12,7 @@ from finetune_operator.api import FineTuneJob
 from finetune_operator.children.pytorchjob import render_pytorchjob
 from finetune_trainer import config
 from finetune_trainer.config import Recipe, parse_recipe, recipe_from_env, recipe_json
-from tests.manifests import EXAMPLES, REPO_ROOT, minimal_job
+from tests.manifests import JOB_EXAMPLES, REPO_ROOT, minimal_job
 
 
 def test_defaults_follow_the_paper() -> None:
@@ -36,7 +36,7 @@ def test_config_module_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("example", JOB_EXAMPLES, ids=lambda p: p.name)
 def test_recipe_round_trip_through_the_rendered_pod(example) -> None:
     """Operator-side spec → env JSON in the rendered PyTorchJob → trainer-side parse → the same recipe."""
     import yaml

@@ -106,15 +106,20 @@ RBAC rules for the namespaced resources the operator reads and writes. Every ver
 (operator/src/finetune_operator/kube.py, evaluator.py, handlers.py) or Kopf actually calls.
 */}}
 {{- define "finetune-operator.namespacedRules" -}}
-# FineTuneJobs: Kopf lists/watches them, the reconcilers get them. No patch: the operator writes no annotations
-# (it registers no Kopf change handlers, which would keep their bookkeeping there).
+# FineTuneJobs: Kopf lists/watches them, the reconcilers get them; a FineTuneSweep creates its trials and carries
+# its suspend to them (spec.suspend, the only spec field the operator ever writes; no annotations: it registers
+# no Kopf change handlers, which would keep their bookkeeping there). Never deleted: trials go by GC.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch"]
-# Status is a subresource: the reconcilers and early stopping only PATCH it (a resourceVersion in the
-# patch body is the precondition); never read or PUT through the subresource.
+  verbs: ["get", "list", "watch", "create", "patch"]
+# FineTuneSweeps: Kopf lists/watches them (an index); the sweep loop only reads them.
 - apiGroups: ["finetune.dev"]
-  resources: ["finetunejobs/status"]
+  resources: ["finetunesweeps"]
+  verbs: ["get", "list", "watch"]
+# Status is a subresource: the reconcilers, early stopping and the sweep loop only PATCH it (a resourceVersion
+# in a job's patch body is the precondition); never read or PUT through the subresource.
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunejobs/status", "finetunesweeps/status"]
   verbs: ["patch"]
 # The child PyTorchJob: watched (Kopf on.event), read, created, patched (suspend, queue label), deleted (early stop).
 - apiGroups: ["kubeflow.org"]

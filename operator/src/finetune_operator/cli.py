@@ -1,5 +1,5 @@
-"""The `finetune` command: render what the operator would create, print the CRD, validate manifests, run the
-operator, or run one FineTuneJob on this machine (`finetune local`).
+"""The `finetune` command: render what the operator would create, print the CRDs, validate manifests, run the
+operator, or run one FineTuneJob or FineTuneSweep on this machine (`finetune local`).
 
 Input errors exit with code 2 and one line per problem (file, field path, rule, value) — never a traceback.
 """
@@ -10,28 +10,45 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from finetune_operator import config
 from finetune_operator.api import FineTuneJob
 from finetune_operator.api import crd as crdgen
-from finetune_operator.api.validation import FieldError, InvalidInputError, parse_documents, validate_manifest
+from finetune_operator.api.sweep import SWEEP_KIND, FineTuneSweep, plan, trial_manifest
+from finetune_operator.api.validation import (
+    FieldError,
+    InvalidInputError,
+    parse_documents,
+    validate_any,
+    validate_manifest,
+)
 from finetune_operator.children.pytorchjob import DEFAULT_TRAINER_IMAGE, render
 
 EXIT_OK = 0
 EXIT_INVALID = 2
 
 
-def load_jobs(path: str) -> list[FineTuneJob]:
-    """Every FineTuneJob in a YAML file ('-' reads standard input); all problems of all documents are reported."""
+def load_documents(path: str) -> tuple[list[Any], str]:
+    """The parsed YAML documents of a file ('-' reads standard input) and the name errors give it."""
     source = "<stdin>" if path == "-" else path
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         reason = (error.strerror if isinstance(error, OSError) else None) or str(error)
         raise InvalidInputError([FieldError("", f"cannot read file: {reason}", source=source)]) from None
-    documents = parse_documents(text, source)
+    return parse_documents(text, source), source
+
+
+def load_jobs(path: str) -> list[FineTuneJob]:
+    """Every FineTuneJob in a YAML file ('-' reads standard input); all problems of all documents are reported."""
+    documents, source = load_documents(path)
+    return jobs_from(documents, source)
+
+
+def jobs_from(documents: Sequence[Any], source: str) -> list[FineTuneJob]:
     jobs: list[FineTuneJob] = []
     errors: list[FieldError] = []
     for index, document in enumerate(documents):
@@ -45,20 +62,50 @@ def load_jobs(path: str) -> list[FineTuneJob]:
     return jobs
 
 
+def load_manifests(path: str) -> list[FineTuneJob | FineTuneSweep]:
+    """Every FineTuneJob and FineTuneSweep in a YAML file ('-' reads standard input), each by its kind; all
+    problems of all documents are reported."""
+    documents, source = load_documents(path)
+    manifests: list[FineTuneJob | FineTuneSweep] = []
+    errors: list[FieldError] = []
+    for index, document in enumerate(documents):
+        label = source if len(documents) == 1 else f"{source}[document {index}]"
+        try:
+            manifests.append(validate_any(document, label))
+        except InvalidInputError as error:
+            errors.extend(error.errors)
+    if errors:
+        raise InvalidInputError(errors)
+    return manifests
+
+
 def dump_all(manifests: Sequence[object]) -> str:
     return yaml.safe_dump_all(manifests, sort_keys=False, width=120)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    jobs = [job for path in args.files for job in load_jobs(path)]
-    sys.stdout.write(dump_all([render(job, trainer_image=args.image) for job in jobs]))
+    """A FineTuneJob renders as its PyTorchJob; a FineTuneSweep as every trial's FineTuneJob."""
+    manifests = [manifest for path in args.files for manifest in load_manifests(path)]
+    out: list[object] = []
+    for manifest in manifests:
+        if isinstance(manifest, FineTuneSweep):
+            trials, _ = plan(manifest.metadata.name, manifest.spec)
+            out.extend(trial_manifest(manifest, trial) for trial in trials)
+        else:
+            out.append(render(manifest, trainer_image=args.image))
+    sys.stdout.write(dump_all(out))
     return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.files:
-        for job in load_jobs(path):
-            print(f"{path}: FineTuneJob {job.metadata.namespace}/{job.metadata.name} is valid")
+        for manifest in load_manifests(path):
+            where = f"{manifest.metadata.namespace}/{manifest.metadata.name}"
+            if isinstance(manifest, FineTuneSweep):
+                trials, _ = plan(manifest.metadata.name, manifest.spec)
+                print(f"{path}: FineTuneSweep {where} is valid ({len(trials)} trials)")
+            else:
+                print(f"{path}: FineTuneJob {where} is valid")
     return EXIT_OK
 
 
@@ -69,10 +116,19 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    jobs = load_jobs(args.file)
-    source = "<stdin>" if args.file == "-" else args.file
+    documents, source = load_documents(args.file)
+    if len(documents) == 1 and isinstance(documents[0], dict) and documents[0].get("kind") == SWEEP_KIND:
+        from finetune_operator.api.validation import validate_sweep_manifest
+        from finetune_operator.local.sweep import run_sweep
+
+        sweep = validate_sweep_manifest(documents[0], source)
+        if args.port:
+            rule = "a sweep's trials serve no metrics endpoint (each writes metrics.jsonl, which is read); drop --port"
+            raise InvalidInputError([FieldError("--port", rule, str(args.port), source)])
+        return run_sweep(sweep, source=source, output=args.output)
+    jobs = jobs_from(documents, source)
     if len(jobs) != 1:
-        rule = f"finetune local runs exactly one FineTuneJob; the file holds {len(jobs)}"
+        rule = f"finetune local runs exactly one FineTuneJob or FineTuneSweep; the file holds {len(jobs)}"
         raise InvalidInputError([FieldError("", rule, source=source)])
     from finetune_operator.local.run import run_local  # torch/matplotlib stay out of `render` and `validate`
 
@@ -87,6 +143,15 @@ verdict. Ctrl-C also stops it with a checkpoint (twice: kill); re-running the sa
 writes into the output dir: metrics.jsonl, trainer.log, recipe.json, checkpoint-N/ or final/, training.png.
 exit codes: 0 Succeeded or EarlyStopped (both: the product worked), 1 Failed (the trainer's exit code is in
 the summary), 2 invalid input, 130 Interrupted.
+
+a FineTuneSweep: every trial the operator would create runs here as a trainer process (no metrics endpoint),
+at most spec.maxParallelTrials at once, in index order; after every step the sweep's pruning rule re-judges
+all trials and a pruned one is stopped like an early stop (SIGTERM: it checkpoints), as is a trial its own
+earlyStopping stops. A live table shows every trial; the summary names the best trial and its model, the
+compute pruning saved, and whether the first-rung score predicted the objective (Spearman rho).
+writes into the output dir (default runs/<sweep name>): <trial name>/ for each trial (as above),
+sweep-summary.json and sweep.png. exit codes: 0 some trial Succeeded, 1 none did, 2 invalid input,
+130 Interrupted.
 """
 
 
@@ -99,7 +164,7 @@ def port_number(text: str) -> int:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    sys.stdout.write(crdgen.crd_yaml())
+    sys.stdout.write(crdgen.all_crds_yaml())
     return EXIT_OK
 
 
@@ -108,26 +173,35 @@ def build_parser() -> argparse.ArgumentParser:
         prog="finetune", description="finetune-operator: fine-tune small LLMs on Kubernetes"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    render_cmd = commands.add_parser("render", help="print the PyTorchJob(s) the operator would create for FILE(s)")
-    render_cmd.add_argument("files", nargs="+", metavar="FILE", help="FineTuneJob YAML ('-' for stdin)")
+    render_cmd = commands.add_parser(
+        "render",
+        help="print what the operator would create for FILE(s): a FineTuneJob's PyTorchJob, a FineTuneSweep's "
+        "trial FineTuneJobs",
+    )
+    render_cmd.add_argument("files", nargs="+", metavar="FILE", help="FineTuneJob/FineTuneSweep YAML ('-' for stdin)")
     render_cmd.add_argument("--image", default=DEFAULT_TRAINER_IMAGE, help="trainer image when the spec sets none")
     render_cmd.set_defaults(handler=cmd_render)
-    validate_cmd = commands.add_parser("validate", help="check FineTuneJob YAML file(s) without rendering")
+    validate_cmd = commands.add_parser(
+        "validate", help="check FineTuneJob/FineTuneSweep YAML file(s) (every trial of a sweep) without rendering"
+    )
     validate_cmd.add_argument("files", nargs="+", metavar="FILE")
     validate_cmd.set_defaults(handler=cmd_validate)
-    crd_cmd = commands.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
+    crd_cmd = commands.add_parser("crd", help="print the FineTuneJob and FineTuneSweep CustomResourceDefinitions")
     crd_cmd.set_defaults(handler=cmd_crd)
     operator_cmd = commands.add_parser("operator", help="run the operator (Kopf) against the current kubeconfig")
     config.add_arguments(operator_cmd)
     operator_cmd.set_defaults(handler=cmd_operator)
     local_cmd = commands.add_parser(
         "local",
-        help="run one FineTuneJob on this machine (no cluster), with early stopping, a summary and a plot",
-        description="Run one FineTuneJob on this machine: no cluster, the same trainer and early-stopping policy.",
+        help="run one FineTuneJob or FineTuneSweep on this machine (no cluster), with early stopping or pruning",
+        description="Run one FineTuneJob or FineTuneSweep on this machine: no cluster, the same trainer, "
+        "early-stopping policy and sweep pruning rule.",
         epilog=LOCAL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    local_cmd.add_argument("file", metavar="FILE", help="FineTuneJob YAML with one document ('-' for stdin)")
+    local_cmd.add_argument(
+        "file", metavar="FILE", help="FineTuneJob or FineTuneSweep YAML with one document ('-' for stdin)"
+    )
     local_cmd.add_argument(
         "--output", type=Path, default=None, metavar="DIR", help="output directory (default: runs/<name>)"
     )
@@ -136,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=port_number,
         default=None,
         metavar="N",
-        help="metrics port on 127.0.0.1 (default: spec.metrics.port; 0: no endpoint)",
+        help="metrics port on 127.0.0.1 (default: spec.metrics.port; 0: no endpoint; a FineTuneJob only)",
     )
     local_cmd.set_defaults(handler=cmd_local)
     return parser

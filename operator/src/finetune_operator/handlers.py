@@ -3,8 +3,9 @@
 No deletion handler is registered, so Kopf adds no finalizer: deleting a FineTuneJob can never wedge, and its
 PyTorchJob goes by garbage collection (ownerReferences). No change handler (on.create/update/resume) either: those
 make Kopf PATCH its bookkeeping annotations onto every job; which events need a reconcile is decided from the
-job's own observedGeneration instead (reconcile/jobs.py). The FineTuneJobs early stopping and the mirror read come
-from one Kopf index (`finetunejobs`), fed by the operator's own watch: no second cache, no LIST per cycle.
+job's own observedGeneration instead (reconcile/jobs.py). The FineTuneJobs early stopping, the mirror and the sweep
+loop read come from one Kopf index (`finetunejobs`), fed by the operator's own watch: no second cache, no LIST per
+cycle; the FineTuneSweeps likewise (`finetunesweeps`). Both loops are tasks started here and cancelled at cleanup.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import kopf
 
 from finetune_contract import names
 from finetune_operator.api import GROUP, PLURAL, VERSION
+from finetune_operator.api.sweep import SWEEP_PLURAL
 from finetune_operator.kube import HANDLER_THREADS
-from finetune_operator.reconcile import early_stop, jobs
+from finetune_operator.reconcile import early_stop, jobs, sweep
 from finetune_operator.reconcile.common import Context, Manifest
 from finetune_operator.reconcile.mirror import mirror_child
 
@@ -61,6 +63,11 @@ def finetunejobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) ->
     return {(namespace or "", name): early_stop.index_entry(dict(body))}
 
 
+@kopf.index(GROUP, VERSION, SWEEP_PLURAL)
+def finetunesweeps(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Manifest]:
+    return {(namespace or "", name): early_stop.index_entry(dict(body))}
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def on_job_event(memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
     jobs.on_job_event(context(memo), retries(memo), event["type"], dict(event["object"]))
@@ -89,13 +96,24 @@ async def start_early_stopping(memo: kopf.Memo, **kwargs: Any) -> None:
     memo["early_stopping"] = asyncio.create_task(early_stop.run_early_stopping(context(memo), snapshot))
 
 
+@kopf.on.startup()
+async def start_sweeps(memo: kopf.Memo, **kwargs: Any) -> None:
+    sweeps: kopf.Index[tuple[str, str], Manifest] = kwargs["finetunesweeps"]
+
+    def snapshot() -> list[Manifest]:
+        return [body for store in sweeps.values() for body in store]
+
+    memo["sweeps"] = asyncio.create_task(sweep.run_sweeps(context(memo), snapshot, cached(kwargs["finetunejobs"])))
+
+
 @kopf.on.cleanup()
-async def stop_early_stopping(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = memo.get("early_stopping")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+async def stop_loops(memo: kopf.Memo, **_: Any) -> None:
+    for key in ("early_stopping", "sweeps"):
+        task: asyncio.Task[None] | None = memo.get(key)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @kopf.on.probe(id="watched")

@@ -11,6 +11,7 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_contract import names
 from finetune_operator.api import GROUP, PLURAL, VERSION
+from finetune_operator.api.sweep import SWEEP_PLURAL
 
 CHILD = (names.PYTORCHJOB_GROUP, names.PYTORCHJOB_VERSION)
 Manifest = dict[str, Any]
@@ -91,6 +92,20 @@ class Kube:
                 return None
             raise
         return job
+
+    def create_job(self, namespace: str, manifest: Manifest) -> Manifest:
+        """Create a FineTuneJob (a sweep's trial); raises ApiException(409) if one of that name exists."""
+        return cast(Manifest, self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest))
+
+    def patch_job(self, namespace: str, name: str, patch: Manifest) -> None:
+        """Merge-patch a FineTuneJob's spec (a sweep suspending or resuming its trials)."""
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
+
+    def patch_sweep_status(self, namespace: str, name: str, status: Manifest) -> None:
+        """Merge-patch a FineTuneSweep's status subresource (one writer: the sweep loop)."""
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, SWEEP_PLURAL, name, {"status": status}
+        )
 
     def patch_job_status(self, namespace: str, name: str, status: Manifest, resource_version: str | None) -> None:
         """Merge-patch the status subresource; with a resourceVersion the write fails (409) if the object moved."""

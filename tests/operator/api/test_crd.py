@@ -37,17 +37,18 @@ def test_committed_crd_files_are_fresh() -> None:
     assert crdgen.stale_files(REPO_ROOT) == []
 
 
-def test_check_mode_reports_a_stale_copy(tmp_path) -> None:
-    for path in crdgen.CRD_PATHS:
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(crdgen.crd_yaml())
+@pytest.mark.parametrize("stale", range(4))
+def test_check_mode_reports_a_stale_copy(tmp_path, stale: int) -> None:
+    assert crdgen.main(["--root", str(tmp_path)]) == 0
     assert crdgen.main(["--check", "--root", str(tmp_path)]) == 0
-    (tmp_path / crdgen.CRD_PATHS[1]).write_text("stale")
+    (tmp_path / crdgen.CRD_PATHS[stale]).write_text("stale")
     assert crdgen.main(["--check", "--root", str(tmp_path)]) == 1
 
 
-def test_committed_file_parses_to_the_generated_object() -> None:
-    assert yaml.safe_load((REPO_ROOT / "crds/finetunejob.yaml").read_text()) == crdgen.crd()
+@pytest.mark.parametrize("kind", crdgen.KINDS, ids=lambda kind: kind.kind)
+def test_committed_file_parses_to_the_generated_object(kind: crdgen.Kind) -> None:
+    for path in kind.paths:
+        assert yaml.safe_load((REPO_ROOT / path).read_text()) == crdgen.crd(kind)
 
 
 def test_names_and_scope() -> None:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from finetune_operator.api.validation import InvalidInputError, field_path, parse_documents, validate_manifest
+from finetune_operator.api.validation import (
+    InvalidInputError,
+    field_path,
+    parse_documents,
+    validate_any,
+    validate_manifest,
+)
 from tests.invalid_cases import CASES, Case
 from tests.manifests import EXAMPLES, minimal_job
 
@@ -27,9 +33,11 @@ def test_invalid_spec_names_field_and_rule(case: Case) -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
 def test_examples_are_valid(example) -> None:
+    """Every example (FineTuneJobs and FineTuneSweeps, whose every trial must be a valid FineTuneJob too)."""
     (document,) = parse_documents(example.read_text())
-    job = validate_manifest(document)
-    assert job.metadata.name == document["metadata"]["name"]
+    manifest = validate_any(document)
+    assert manifest.kind == document["kind"]
+    assert manifest.metadata.name == document["metadata"]["name"]
 
 
 def test_the_offending_value_is_shown() -> None:

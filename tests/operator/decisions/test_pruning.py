@@ -92,6 +92,19 @@ def test_judged_at_the_highest_rung_reached_only() -> None:
     assert (verdict.rung, verdict.prune, verdict.peers) == (30, False, 4)
 
 
+def test_a_trial_ahead_of_every_peer_is_judged_where_peers_are() -> None:
+    """A bad trial that stepped past every peer's rungs between two judgements does not escape at a rung nobody
+    else reached: it is judged at its highest rung with enough peers."""
+    trials = [
+        Trial("runaway", {10: 50.0, 30: 60.0, 90: 70.0}),
+        *(Trial(f"ok-{i}", {10: 1.0 + i}) for i in range(3)),
+    ]
+    verdict = judge(trials, RUNGS)["runaway"]
+    assert (verdict.rung, verdict.prune, verdict.peers, verdict.reason) == (10, True, 4, "BelowRungCutoff")
+    alone = judge([trials[0]], RUNGS)["runaway"]
+    assert (alone.rung, alone.prune, alone.reason) == (90, False, "TooFewPeers")
+
+
 SCORES = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 
 
@@ -116,8 +129,11 @@ def test_properties(trials: list[Trial], direction: str, minimum: int) -> None:
         if trial.calibration or trial.highest_rung(RUNGS) is None:
             assert not verdict.prune  # calibration and missing data never prune
         if verdict.prune:
-            assert verdict.rung == trial.highest_rung(RUNGS)  # never by a rung it has not reached
-            assert verdict.peers >= minimum
+            assert trial.scores.get(verdict.rung) is not None  # never by a rung it has not reached
+            assert verdict.peers >= minimum or verdict.reason == "NonFiniteScore"
+            higher = [rung for rung in RUNGS.steps(10**6) if rung > verdict.rung and trial.scores.get(rung) is not None]
+            for rung in higher:  # judged at the highest reached rung with enough peers
+                assert sum(1 for t in trials if t.scores.get(rung) is not None) < minimum
     # Pruning never removes everyone who reached a rung with a finite score: the top 1/eta (at least one) stays.
     for rung in {verdict.rung for verdict in verdicts.values() if verdict.reason == "BelowRungCutoff"}:
         cut = [v for v in verdicts.values() if v.rung == rung and v.reason == "BelowRungCutoff"]

@@ -1,4 +1,5 @@
-"""Generate the FineTuneJob CRD from the API models, so the API server enforces what the operator validates.
+"""Generate the FineTuneJob and FineTuneSweep CRDs from the API models, so the API server enforces what the
+operator validates.
 
 pydantic's JSON Schema is close to, but not, a Kubernetes structural schema: it uses $ref/$defs, anyOf for
 optional and int-or-string fields, titles, and `additionalProperties: true` for free-form objects. This module
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +28,13 @@ from finetune_operator.api import (
     VERSION,
     FineTuneJobSpec,
     FineTuneJobStatus,
+    sweep,
 )
 
 Schema = dict[str, Any]
 
 REPO_ROOT = Path(__file__).resolve().parents[4]
-CRD_PATHS = (
-    Path("crds/finetunejob.yaml"),
-    Path("helm/finetune-operator/crds/finetunejob.yaml"),
-)
-_DROPPED_KEYS = {"title", "$defs"}
+_DROPPED_KEYS = {"title", "$defs", "propertyNames"}
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -48,10 +47,68 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
+SWEEP_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Trials", "type": "integer", "jsonPath": ".status.trialsTotal"},
+    {"name": "Running", "type": "integer", "jsonPath": ".status.running"},
+    {"name": "Pruned", "type": "integer", "jsonPath": ".status.pruned"},
+    {"name": "Best", "type": "number", "jsonPath": ".status.bestObjective"},
+    {"name": "Saved", "type": "string", "jsonPath": ".status.savedPercent"},
+    {"name": "BestTrial", "type": "string", "priority": 1, "jsonPath": ".status.bestTrial"},
+    {"name": "Rho", "type": "number", "priority": 1, "jsonPath": ".status.scoreObjectiveCorrelation.rho"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One custom resource: its names, its models, what kubectl shows, and where its CRD is committed."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    spec: type[Any]
+    status: type[Any]
+    columns: list[dict[str, Any]]
+    description: str
+
+    @property
+    def paths(self) -> tuple[Path, Path]:
+        return Path(f"crds/{self.singular}.yaml"), Path(f"helm/finetune-operator/crds/{self.singular}.yaml")
+
+
+JOB = Kind(
+    KIND,
+    PLURAL,
+    SINGULAR,
+    SHORT_NAMES,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    PRINTER_COLUMNS,
+    "FineTuneJob runs supervised fine-tuning of a language model as a Kubeflow PyTorchJob and stops it early when "
+    "its training dynamics fail the configured thresholds.",
+)
+SWEEP = Kind(
+    sweep.SWEEP_KIND,
+    sweep.SWEEP_PLURAL,
+    sweep.SWEEP_SINGULAR,
+    sweep.SWEEP_SHORT_NAMES,
+    sweep.FineTuneSweepSpec,
+    sweep.FineTuneSweepStatus,
+    SWEEP_PRINTER_COLUMNS,
+    "FineTuneSweep tries many FineTuneJob recipes, prunes the losers on their early training dynamics, and reports "
+    "whether its pruning score predicts the final result on these runs.",
+)
+KINDS = (JOB, SWEEP)
+CRD_PATHS = tuple(path for kind in KINDS for path in kind.paths)
+
+
 def structural(schema: Schema, defs: dict[str, Schema]) -> Schema:
     """Rewrite one pydantic JSON Schema node (and its children) into a Kubernetes structural schema node."""
     node = _inline_ref(schema, defs)
     node = _collapse_any_of(node, defs)
+    node = _pattern_keys_as_cel(node)
     out: Schema = {key: value for key, value in node.items() if key not in _DROPPED_KEYS}
     if "properties" in out:
         out["type"] = "object"
@@ -67,6 +124,28 @@ def structural(schema: Schema, defs: dict[str, Schema]) -> Schema:
         out["type"] = "string"
     _openapi_v3_bounds(out)
     return _ordered(out)
+
+
+def _pattern_keys_as_cel(node: Schema) -> Schema:
+    """A map with constrained keys (patternProperties, propertyNames: not in Kubernetes' schema dialect) becomes
+    a plain map plus a CEL rule on its keys, with the same pattern and length the models check."""
+    patterns = node.get("patternProperties")
+    if not patterns:
+        return node
+    if len(patterns) != 1:
+        raise ValueError(f"no structural form for several key patterns {sorted(patterns)}")
+    ((pattern, values),) = patterns.items()
+    out = {key: value for key, value in node.items() if key not in ("patternProperties", "propertyNames")}
+    out["additionalProperties"] = values
+    if "type" not in values:
+        # The API server cannot give CEL a type for a map of untyped values (it refuses the whole CRD): such
+        # keys are checked by the operator's models only, and reported in the object's status.
+        return out
+    longest = (node.get("propertyNames") or {}).get("maxLength")
+    check = f"key.matches(r'{pattern}')" + (f" && size(key) <= {longest}" if longest else "")
+    rule = {"rule": f"self.all(key, {check})", "message": f"every key must match {pattern}"}
+    out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), rule]
+    return out
 
 
 def _ordered(node: Schema) -> Schema:
@@ -150,18 +229,17 @@ def model_schema(model: type[Any]) -> Schema:
     return structural(raw, raw.get("$defs", {}))
 
 
-def open_api_schema() -> Schema:
-    """The whole openAPIV3Schema of the FineTuneJob kind."""
-    spec = model_schema(FineTuneJobSpec)
-    status = model_schema(FineTuneJobStatus)
+def open_api_schema(kind: Kind = JOB) -> Schema:
+    """The whole openAPIV3Schema of one kind."""
+    spec = model_schema(kind.spec)
+    status = model_schema(kind.status)
     return {
         "type": "object",
-        "description": "FineTuneJob runs supervised fine-tuning of a language model as a Kubeflow PyTorchJob and "
-        "stops it early when its training dynamics fail the configured thresholds.",
+        "description": kind.description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": "API version: finetune.dev/v1alpha1."},
-            "kind": {"type": "string", "description": "Kind: FineTuneJob."},
+            "kind": {"type": "string", "description": f"Kind: {kind.kind}."},
             "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
@@ -169,24 +247,24 @@ def open_api_schema() -> Schema:
     }
 
 
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition manifest."""
+def crd(kind: Kind = JOB) -> dict[str, Any]:
+    """The CustomResourceDefinition manifest of one kind."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
+            "name": f"{kind.plural}.{GROUP}",
             "annotations": {"finetune.dev/generated-by": "python -m finetune_operator.api.crd"},
         },
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": list(kind.short_names),
                 "categories": ["all", "finetune"],
             },
             "versions": [
@@ -195,18 +273,23 @@ def crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": open_api_schema()},
+                    "additionalPrinterColumns": kind.columns,
+                    "schema": {"openAPIV3Schema": open_api_schema(kind)},
                 }
             ],
         },
     }
 
 
-def crd_yaml() -> str:
+def crd_yaml(kind: Kind = JOB) -> str:
     """The CRD as the YAML text that is committed (stable key order, a header naming the generator)."""
     header = f"# Generated from the {API_VERSION} API models by `python -m finetune_operator.api.crd`. Do not edit.\n"
-    return header + yaml.dump(crd(), Dumper=_NoAliasDumper, sort_keys=False, width=120)
+    return header + yaml.dump(crd(kind), Dumper=_NoAliasDumper, sort_keys=False, width=120)
+
+
+def all_crds_yaml() -> str:
+    """Every CRD of the product, as one multi-document YAML (what `finetune crd` prints)."""
+    return "---\n".join(crd_yaml(kind) for kind in KINDS)
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -218,8 +301,12 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 def stale_files(root: Path = REPO_ROOT) -> list[Path]:
     """Committed CRD copies that differ from what the models generate now."""
-    text = crd_yaml()
-    return [path for path in CRD_PATHS if not (root / path).is_file() or (root / path).read_text() != text]
+    return [
+        path
+        for kind in KINDS
+        for path in kind.paths
+        if not (root / path).is_file() or (root / path).read_text() != crd_yaml(kind)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,11 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         for path in stale:
             print(f"{path}: stale, run `python -m finetune_operator.api.crd`", file=sys.stderr)
         return 1 if stale else 0
-    for path in CRD_PATHS:
-        target = args.root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(crd_yaml())
-        print(f"wrote {path}")
+    for kind in KINDS:
+        for path in kind.paths:
+            target = args.root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(crd_yaml(kind))
+            print(f"wrote {path}")
     return 0
 
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from finetune_operator.api import FineTuneJob
+from finetune_operator.api.sweep import SWEEP_KIND, FineTuneSweep, plan
 
 _MAX_VALUE_CHARS = 80
 
@@ -83,6 +84,28 @@ def validate_manifest(document: Any, source: str = "") -> FineTuneJob:
         return FineTuneJob.model_validate_json(wire_json(document), strict=True)
     except ValidationError as error:
         raise InvalidInputError(field_errors(error, source)) from None
+
+
+def validate_sweep_manifest(document: Any, source: str = "") -> FineTuneSweep:
+    """A FineTuneSweep whose every trial is a valid FineTuneJob, or InvalidInputError listing every problem
+    (schema errors by field path; trial errors by the sweep value that caused them)."""
+    if not isinstance(document, Mapping):
+        raise InvalidInputError([FieldError("", "a FineTuneSweep must be a mapping", show_value(document), source)])
+    try:
+        sweep = FineTuneSweep.model_validate_json(wire_json(document), strict=True)
+    except ValidationError as error:
+        raise InvalidInputError(field_errors(error, source)) from None
+    _, problems = plan(sweep.metadata.name, sweep.spec)
+    if problems:
+        raise InvalidInputError([FieldError(p.path, p.rule, p.value, source) for p in problems])
+    return sweep
+
+
+def validate_any(document: Any, source: str = "") -> FineTuneJob | FineTuneSweep:
+    """A FineTuneJob or a FineTuneSweep, by the document's kind (anything else is a FineTuneJob's error)."""
+    if isinstance(document, Mapping) and document.get("kind") == SWEEP_KIND:
+        return validate_sweep_manifest(document, source)
+    return validate_manifest(document, source)
 
 
 def wire_json(document: Mapping[str, Any]) -> str:

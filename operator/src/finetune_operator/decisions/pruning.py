@@ -1,12 +1,14 @@
 """The sweep's pruning rule (issue 13, first part): asynchronous successive halving on an early score. Pure.
 
-Rungs sit at optimizer steps r, rη, rη², ... A trial is judged at the highest rung it has reached, against everyone
-who has reached that rung so far (calibration trials included as peers), and is re-judged every time as peers
-arrive: ASHA's known weakness — the first trials through a rung pass with nobody to compare to — is closed by
-never treating a pass as final. What never prunes: missing data (no score at a rung is not a bad score), fewer than
-`min_trials_per_rung` peers, a rung the trial has not reached, and calibration trials (kept so the sweep can
-measure whether its score predicts the objective at all). A non-finite score is the trial failing: pruned at once,
-whatever the peers. Ties are broken by trial name, so the same inputs always give the same verdicts.
+Rungs sit at optimizer steps r, rη, rη², ... A trial is judged at the highest rung it has reached where at least
+`min_trials_per_rung` trials have a score, against everyone who has reached that rung so far (calibration trials
+included as peers), and is re-judged every time as peers arrive: ASHA's known weakness — the first trials through a
+rung pass with nobody to compare to — is closed by never treating a pass as final, and a trial that ran ahead of
+every peer is still judged where peers are. What never prunes: missing data (no score at a rung is not a bad score),
+fewer than `min_trials_per_rung` peers at every rung reached, a rung the trial has not reached, and calibration
+trials (kept so the sweep can measure whether its score predicts the objective at all). A non-finite score is the
+trial failing: pruned at once, whatever the peers. Ties are broken by trial name, so the same inputs always give the
+same verdicts.
 """
 
 from __future__ import annotations
@@ -83,24 +85,40 @@ def judge(
 def _judge_one(
     trial: Trial, trials: Sequence[Trial], rungs: Rungs, direction: Direction, min_trials_per_rung: int, factor: int
 ) -> Verdict:
-    rung = trial.highest_rung(rungs)
-    if rung is None:
+    highest = trial.highest_rung(rungs)
+    if highest is None:
         return Verdict(trial.name, False, "NoScoreYet")
-    score = trial.scores[rung]
-    assert score is not None
+    top_score = trial.scores[highest]
+    assert top_score is not None
     if trial.calibration:
-        return Verdict(trial.name, False, "CalibrationTrial", rung, score)
-    if not math.isfinite(score):
-        return Verdict(trial.name, True, "NonFiniteScore", rung, score)
-    finite = [(value, peer.name) for peer in trials if (value := _finite_or_none(peer.scores.get(rung))) is not None]
-    peers = sorted(finite, key=lambda item: (item[0] if direction == "minimize" else -item[0], item[1]))
-    if len(peers) < min_trials_per_rung:
-        return Verdict(trial.name, False, "TooFewPeers", rung, score, peers=len(peers))
-    keep = max(1, len(peers) // factor)
-    cutoff = peers[keep - 1][0]
-    kept = (score, trial.name) in peers[:keep]
-    reason = "WithinRungCutoff" if kept else "BelowRungCutoff"
-    return Verdict(trial.name, not kept, reason, rung, score, cutoff, len(peers))
+        return Verdict(trial.name, False, "CalibrationTrial", highest, top_score)
+    if not math.isfinite(top_score):
+        return Verdict(trial.name, True, "NonFiniteScore", highest, top_score)
+    for rung in _reached_rungs(trial, rungs):
+        score = trial.scores[rung]
+        assert score is not None
+        finite = [
+            (value, peer.name) for peer in trials if (value := _finite_or_none(peer.scores.get(rung))) is not None
+        ]
+        if len(finite) < min_trials_per_rung or not math.isfinite(score):
+            continue
+        peers = sorted(finite, key=lambda item: (item[0] if direction == "minimize" else -item[0], item[1]))
+        keep = max(1, len(peers) // factor)
+        cutoff = peers[keep - 1][0]
+        kept = (score, trial.name) in peers[:keep]
+        reason = "WithinRungCutoff" if kept else "BelowRungCutoff"
+        return Verdict(trial.name, not kept, reason, rung, score, cutoff, len(peers))
+    peers_at_top = sum(1 for peer in trials if _finite_or_none(peer.scores.get(highest)) is not None)
+    return Verdict(trial.name, False, "TooFewPeers", highest, top_score, peers=peers_at_top)
+
+
+def _reached_rungs(trial: Trial, rungs: Rungs) -> list[int]:
+    """The rungs the trial has a score at, highest first: it is judged at the highest one that has enough peers.
+    A trial that runs ahead of every peer (steps faster than the loop judges) is thereby still judged where peers
+    exist, instead of escaping at a rung nobody else has reached yet."""
+    return sorted(
+        (step for step, score in trial.scores.items() if score is not None and step in rungs.steps(step)), reverse=True
+    )
 
 
 def _finite_or_none(value: float | None) -> float | None:

@@ -3,8 +3,10 @@ whether the score predicts the objective (Spearman rho). Pure: the operator (cur
 local` (curves from metrics.jsonl) and the savings benchmark (recorded curves) call the same functions.
 
 A rung's statistic is the median over the `windowSteps` optimizer steps ending at the rung, so one noisy step
-neither prunes nor saves a trial. The paper's score is relative by nature — ranks among the trials that reached
-the rung — so it is recomputed as peers arrive, like every verdict (see pruning.judge).
+neither prunes nor saves a trial. Where the steps were observed sparsely (Prometheus scrapes a fast trainer every
+few steps) and none falls in the window, the first step observed within a window after the rung stands in. The
+paper's score is relative by nature — ranks among the trials that reached the rung — so it is recomputed as peers
+arrive, like every verdict (see pruning.judge).
 """
 
 from __future__ import annotations
@@ -57,11 +59,16 @@ def rung_stats(curve: Curve, rung: int, window: int) -> RungStats | None:
     if curve.last_step() < rung:
         return None
     in_window = [record for record in curve.steps if rung - window < record.step <= rung]
-    evals = [loss for step, loss in curve.evals.items() if rung - window < step <= rung]
+    if not in_window:  # sparse points (a scrape every few steps): the first one observed after the rung, if close
+        after = sorted((r for r in curve.steps if rung < r.step <= rung + window), key=lambda r: r.step)
+        in_window = after[:1]
+    evals = [curve.evals[step] for step in sorted(curve.evals) if rung - window < step <= rung]
+    if not evals:
+        evals = [curve.evals[step] for step in sorted(curve.evals) if rung < step <= rung + window][:1]
     return RungStats(
         loss=window_median([record.loss for record in in_window]),
         grad_norm=window_median([record.grad_norm for record in in_window]),
-        eval_loss=evals[-1] if evals else curve.evals.get(rung),
+        eval_loss=evals[-1] if evals else None,
     )
 
 

@@ -60,6 +60,41 @@ class OperatorMetrics:
             [names.LABEL_NAMESPACE, names.LABEL_JOB, "rule"],
             registry=self.registry,
         )
+        self.sweep_trials = Gauge(
+            "finetune_operator_sweep_trials",
+            "Trials of each FineTuneSweep by phase.",
+            [names.LABEL_NAMESPACE, "sweep", "phase"],
+            registry=self.registry,
+        )
+        self.sweep_pruned = Counter(
+            "finetune_operator_sweep_pruned", "Trials pruned by their sweep.", registry=self.registry
+        )
+        self.sweep_gpu_seconds_saved = Gauge(
+            "finetune_operator_sweep_gpu_seconds_saved",
+            "GPU-seconds each sweep's pruned trials would still have used.",
+            [names.LABEL_NAMESPACE, "sweep"],
+            registry=self.registry,
+        )
+        self.sweep_rho = Gauge(
+            "finetune_operator_sweep_score_objective_rho",
+            "Spearman rho between each sweep's first-rung score and its final objective.",
+            [names.LABEL_NAMESPACE, "sweep"],
+            registry=self.registry,
+        )
+        self.sweep_trial = Gauge(
+            "finetune_operator_sweep_trial",
+            "1 for each trial of a sweep, labelled with its phase: joins a trial's trainer series to its sweep.",
+            [names.LABEL_NAMESPACE, "sweep", names.LABEL_JOB, "trial", "phase"],
+            registry=self.registry,
+        )
+        self.sweep_trial_pruned = Gauge(
+            "finetune_operator_sweep_trial_pruned",
+            "1 for each trial its sweep pruned, labelled with the rung step: the sweep dashboard's annotations.",
+            [names.LABEL_NAMESPACE, "sweep", names.LABEL_JOB, "rung"],
+            registry=self.registry,
+        )
+        self._sweep_rows: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
+        self._pruned_trials: set[tuple[str, str, str]] = set()
         self._job_series: dict[tuple[str, str], set[tuple[Gauge, str]]] = {}
         self._phases: dict[tuple[str, str], str] = {}
         self._counts: dict[str, int] = {}
@@ -102,6 +137,43 @@ class OperatorMetrics:
             self.early_stops.labels(rule=rule).inc()
             self.stopped.labels(namespace=namespace, finetunejob=name, rule=rule).set(1)
             self._job_series.setdefault((namespace, name), set()).add((self.stopped, rule))
+
+    def record_prune(self, namespace: str, sweep: str, trial: str, rung: int | None) -> None:
+        self.sweep_pruned.inc()
+        self.sweep_trial_pruned.labels(namespace=namespace, sweep=sweep, finetunejob=trial, rung=str(rung)).set(1)
+        self._pruned_trials.add((namespace, sweep, trial))
+
+    def record_sweep(self, namespace: str, sweep: str, status: Mapping[str, Any]) -> None:
+        """A sweep's trial counts by phase, its savings and rho, as its status now says."""
+        counts: dict[str, int] = {}
+        for row in status.get("trials") or []:
+            counts[str(row.get("phase"))] = counts.get(str(row.get("phase")), 0) + 1
+        with self._lock:
+            for phase in ("Pending", "Running", "Pruned", "Succeeded", "Failed", "EarlyStopped", "Suspended"):
+                self.sweep_trials.labels(namespace=namespace, sweep=sweep, phase=phase).set(counts.get(phase, 0))
+            saved = float(status.get("gpuSecondsSaved") or 0.0)
+            self.sweep_gpu_seconds_saved.labels(namespace=namespace, sweep=sweep).set(saved)
+            rho = (status.get("scoreObjectiveCorrelation") or {}).get("rho")
+            if rho is not None:
+                self.sweep_rho.labels(namespace=namespace, sweep=sweep).set(float(rho))
+            rows = {
+                (str(row.get("name")), str(row.get("index")), str(row.get("phase")))
+                for row in status.get("trials") or []
+            }
+            for gone in self._sweep_rows.get((namespace, sweep), set()) - rows:  # a trial's phase label moved on
+                self.sweep_trial.remove(namespace, sweep, *gone)
+            for row in status.get("trials") or []:  # pruning annotations survive an operator restart
+                key = (namespace, sweep, str(row.get("name")))
+                if row.get("phase") == "Pruned" and row.get("rung") is not None and key not in self._pruned_trials:
+                    self.sweep_trial_pruned.labels(
+                        namespace=namespace, sweep=sweep, finetunejob=key[2], rung=str(row["rung"])
+                    ).set(1)
+                    self._pruned_trials.add(key)
+            for name, index, phase in rows:
+                self.sweep_trial.labels(
+                    namespace=namespace, sweep=sweep, finetunejob=name, trial=index, phase=phase
+                ).set(1)
+            self._sweep_rows[(namespace, sweep)] = rows
 
     def _remove(self, gauge: Gauge, namespace: str, name: str, rule: str) -> None:
         try:

@@ -114,6 +114,26 @@ class PrometheusSource:
             total_steps=int(total) if total is not None and math.isfinite(total) else None,
         )
 
+    def instant(self, query: str) -> float | None:
+        """The value of an instant query's first series (None: no series)."""
+        values = self._raw(query, instant=True)
+        return values[-1][1] if values else None
+
+    def eval_points(self, namespace: str, name: str) -> dict[int, float]:
+        """Eval loss by the optimizer step it was scraped at (the gauge holds its value until the next eval)."""
+        labels = selector(namespace, name)
+        steps = self._raw(f"{names.METRIC_STEP}{labels}[{self.lookback}]")
+        losses = self._raw(f"{names.METRIC_EVAL_LOSS}{labels}[{self.lookback}]")
+        step_at = {round(timestamp, 3): value for timestamp, value in steps}
+        out: dict[int, float] = {}
+        previous: float | None = None
+        for timestamp, value in losses:
+            step = step_at.get(round(timestamp, 3))
+            if step is not None and math.isfinite(step) and value != previous:
+                out.setdefault(int(step), value)
+            previous = value
+        return out
+
     def _raw(self, query: str, instant: bool = False) -> list[tuple[float, float]]:
         """Samples of the first series the query returns, as (timestamp, value), oldest first."""
         url = f"{self.base_url.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": query})

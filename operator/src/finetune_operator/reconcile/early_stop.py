@@ -41,7 +41,7 @@ MAX_BACKOFF_SECONDS = 60.0
 STALE_AFTER_SECONDS = 600.0
 
 
-_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp")
+_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "ownerReferences")
 
 
 def index_entry(job: Manifest) -> Manifest:
