@@ -44,16 +44,21 @@ class FakeKube:
     # -- FineTuneJobs ------------------------------------------------------------------------------------------
 
     def add_job(self, manifest: Manifest, namespace: str = "ns") -> Manifest:
-        job = copy.deepcopy(manifest)
-        job["metadata"] = {
-            **job["metadata"],
+        job = self._stored(manifest, namespace)
+        self.jobs[(namespace, job["metadata"]["name"])] = job
+        return copy.deepcopy(job)
+
+    def _stored(self, manifest: Manifest, namespace: str) -> Manifest:
+        """A copy of `manifest` as the API server stores a new object: namespace, uid, generation 1, a version."""
+        stored = copy.deepcopy(manifest)
+        stored["metadata"] = {
+            **stored["metadata"],
             "namespace": namespace,
             "uid": str(uuid.uuid4()),
             "generation": 1,
             "resourceVersion": str(next(self._versions)),
         }
-        self.jobs[(namespace, job["metadata"]["name"])] = job
-        return copy.deepcopy(job)
+        return stored
 
     def edit_spec(self, namespace: str, name: str, spec: Manifest) -> Manifest:
         """A user's merge patch of the spec: a new generation and resourceVersion."""
@@ -69,14 +74,7 @@ class FakeKube:
         key = (namespace, manifest["metadata"]["name"])
         if key in self.jobs:
             raise api_error(409, f'finetunejobs.finetune.dev "{key[1]}" already exists')
-        job = copy.deepcopy(manifest)
-        job["metadata"] = {
-            **job["metadata"],
-            "namespace": namespace,
-            "uid": str(uuid.uuid4()),
-            "generation": 1,
-            "resourceVersion": str(next(self._versions)),
-        }
+        job = self._stored(manifest, namespace)
         self.jobs[key] = job
         return copy.deepcopy(job)
 
@@ -121,14 +119,7 @@ class FakeKube:
     # -- FineTuneSweeps ----------------------------------------------------------------------------------------
 
     def add_sweep(self, manifest: Manifest, namespace: str = "ns") -> Manifest:
-        sweep = copy.deepcopy(manifest)
-        sweep["metadata"] = {
-            **sweep["metadata"],
-            "namespace": namespace,
-            "uid": str(uuid.uuid4()),
-            "generation": 1,
-            "resourceVersion": str(next(self._versions)),
-        }
+        sweep = self._stored(manifest, namespace)
         self.sweeps[(namespace, sweep["metadata"]["name"])] = sweep
         return copy.deepcopy(sweep)
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -27,6 +27,7 @@ from finetune_operator.api.validation import (
 )
 from finetune_operator.children.pytorchjob import DEFAULT_TRAINER_IMAGE, render
 
+T = TypeVar("T")
 EXIT_OK = 0
 EXIT_INVALID = 2
 
@@ -49,34 +50,29 @@ def load_jobs(path: str) -> list[FineTuneJob]:
 
 
 def jobs_from(documents: Sequence[Any], source: str) -> list[FineTuneJob]:
-    jobs: list[FineTuneJob] = []
-    errors: list[FieldError] = []
-    for index, document in enumerate(documents):
-        label = source if len(documents) == 1 else f"{source}[document {index}]"
-        try:
-            jobs.append(validate_manifest(document, label))
-        except InvalidInputError as error:
-            errors.extend(error.errors)
-    if errors:
-        raise InvalidInputError(errors)
-    return jobs
+    return validate_all(documents, source, validate_manifest)
 
 
 def load_manifests(path: str) -> list[FineTuneJob | FineTuneSweep]:
     """Every FineTuneJob and FineTuneSweep in a YAML file ('-' reads standard input), each by its kind; all
     problems of all documents are reported."""
     documents, source = load_documents(path)
-    manifests: list[FineTuneJob | FineTuneSweep] = []
+    return validate_all(documents, source, validate_any)
+
+
+def validate_all(documents: Sequence[Any], source: str, validate: Callable[[Any, str], T]) -> list[T]:
+    """Every document validated, labelled by its position when the file holds several; all problems reported."""
+    out: list[T] = []
     errors: list[FieldError] = []
     for index, document in enumerate(documents):
         label = source if len(documents) == 1 else f"{source}[document {index}]"
         try:
-            manifests.append(validate_any(document, label))
+            out.append(validate(document, label))
         except InvalidInputError as error:
             errors.extend(error.errors)
     if errors:
         raise InvalidInputError(errors)
-    return manifests
+    return out
 
 
 def dump_all(manifests: Sequence[object]) -> str:

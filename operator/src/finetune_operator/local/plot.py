@@ -20,6 +20,7 @@ from finetune_operator.local.report import initial_loss
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -99,13 +100,18 @@ def write_plot(steps: Sequence[StepRecord], marks: Marks, path: Path, title: str
             axis.grid(True, alpha=0.3)
             axis.legend(loc="best", fontsize="small")
         loss_ax.set_title(title)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".tmp.png")
-        figure.savefig(partial, dpi=110)
-        partial.replace(path)
+        save_atomically(figure, path)
     finally:
         plt.close(figure)
     return path
+
+
+def save_atomically(figure: Figure, path: Path) -> None:
+    """Write the PNG next to its place and move it there: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp.png")
+    figure.savefig(partial, dpi=110)
+    partial.replace(path)
 
 
 def _hline(axis: Axes, value: float | None, label: str, color: str) -> None:

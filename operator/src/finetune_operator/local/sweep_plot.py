@@ -38,6 +38,8 @@ def write_sweep_plot(lines: Sequence[TrialLine], rungs: Sequence[int], path: Pat
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    from finetune_operator.local.plot import save_atomically
+
     figure, (loss_ax, grad_ax) = plt.subplots(2, 1, sharex=True, figsize=(13, 8), constrained_layout=True)
     colors = plt.get_cmap("tab20" if len(lines) > 10 else "tab10")
     try:
@@ -71,10 +73,7 @@ def write_sweep_plot(lines: Sequence[TrialLine], rungs: Sequence[int], path: Pat
         grad_ax.set_xlabel("optimizer step")
         loss_ax.set_title(title)
         loss_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small")  # outside: curves stay clear
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".tmp.png")
-        figure.savefig(partial, dpi=110)
-        partial.replace(path)
+        save_atomically(figure, path)
     finally:
         plt.close(figure)
     return path
