@@ -123,7 +123,8 @@ def prepare(work: Path, settings: Settings) -> None:
         for step in step_order(len(samples), settings):
             for index in step:
                 sample = samples[index]
-                out.write(json.dumps({"input_ids": sample.input_ids, "labels": sample.labels}) + "\n")
+                ids, labels = [int(t) for t in sample.input_ids], [int(t) for t in sample.labels]
+                out.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
     spec = ModelSpec.model_validate({"config": BENCH_LLAMA, "tokenizer": BUILTIN_TOKENIZER, "dtype": "float32"})
     model = build_model(spec, load_tokenizer(BUILTIN_TOKENIZER, None), settings.seed, padding_free=False)
     model.save_pretrained(work / "model")
@@ -220,7 +221,8 @@ def run_ours(work: Path, settings: Settings, out: Path) -> dict[str, Any]:
     schedule = list(trainer.schedule())
     samples = trainer.phases[0].samples
     scheduled = [samples[i] for entry in schedule for i in entry[3]]
-    if [(s.input_ids, s.labels) for s in scheduled] != [(r["input_ids"], r["labels"]) for r in read_rows(work)]:
+    own = [([int(t) for t in s.input_ids], [int(t) for t in s.labels]) for s in scheduled]
+    if own != [(r["input_ids"], r["labels"]) for r in read_rows(work)]:
         raise SystemExit("our trainer's own data pipeline and step order differ from the shared samples")
     first = scheduled[:4]
     batch = collate_packed(first)

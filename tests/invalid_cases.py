@@ -208,4 +208,27 @@ CASES = [
         "match pattern",
     ),
     Case("suspend-string", _with("suspend", "yes please"), "spec.suspend", "valid boolean"),
+    Case(
+        "env-value-and-secret",
+        _with(
+            "resources.env",
+            [{"name": "HF_TOKEN", "value": "x", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}],
+        ),
+        "spec.resources.env[0].valueFrom",
+        "set value or valueFrom, not both",
+    ),
+    Case(
+        "env-secret-without-key",
+        _with("resources.env", [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf"}}}]),
+        "spec.resources.env[0].valueFrom.secretKeyRef.key",
+        "required field is missing",
+        server_message="Required value",
+    ),
+    Case("run-as-root", _with("resources.security.runAsUser", 0), "spec.resources.security.runAsUser", "1"),
+    Case(
+        "security-profile-privileged",
+        _with("resources.security.profile", "privileged"),
+        "spec.resources.security.profile",
+        "'restricted' or 'unconfined'",
+    ),
 ]

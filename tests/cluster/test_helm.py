@@ -150,6 +150,52 @@ def test_template_accepted_by_api_server(helm: str, cluster: Cluster, namespace:
     assert result.stdout.count("(server dry run)") == len(kinds), result.stdout
 
 
+def test_trainer_network_policy(helm: str) -> None:
+    """Trainer pods take every port from peer trainers and only `metrics` from the operator and Prometheus."""
+    values = next(path for path in SCENARIOS if scenario_id(path) == "namespaced")
+    rendered = subprocess.run(
+        [
+            helm,
+            "template",
+            "r",
+            str(CHART),
+            "-n",
+            "ops",
+            "-f",
+            str(values),
+            "--set",
+            "networkPolicy.prometheusNamespace=prom",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    policies = [doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "NetworkPolicy"]
+    assert sorted(policy["metadata"]["namespace"] for policy in policies) == ["team-a", "team-b"]
+    trainers = {"matchLabels": {"app.kubernetes.io/name": "finetune-trainer"}}
+    for policy in policies:
+        spec = policy["spec"]
+        assert spec["podSelector"] == trainers
+        assert spec["policyTypes"] == ["Ingress"]
+        peers, scrapers = spec["ingress"]
+        assert peers == {"from": [{"podSelector": trainers}]}  # all ports: rendezvous and NCCL
+        assert scrapers["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+        operator, prometheus = scrapers["from"]
+        assert operator["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ops"}
+        assert operator["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "finetune-operator"
+        assert prometheus == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prom"}}}
+    refused = subprocess.run(
+        [helm, "template", "r", str(CHART), "--set", "networkPolicy.enabled=true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "networkPolicy.enabled needs the trainers' namespaces" in refused.stderr
+
+
 def test_rendered_deployment_and_monitors(helm: str) -> None:
     """The settings the issue pins, read from the rendered objects (cheap; complements the dry runs)."""
     values = next(path for path in SCENARIOS if scenario_id(path) == "monitoring-peering")
@@ -244,6 +290,32 @@ def test_install_creates_objects(cluster_release: Release) -> None:
     args = cluster_release.deployment_args()
     assert args[:2] == ["operator", "--all-namespaces"], args
     assert TRAINER_IMAGE in args, args
+
+
+def test_operator_pod_is_admitted_by_restricted_pod_security(helm: str, cluster: Cluster, crd_served: None) -> None:
+    """The chart's hardening, proven by the API server: installed into a namespace that enforces Pod Security
+    `restricted`, the Deployment's pod is admitted (a refusal would leave the ReplicaSet without pods)."""
+    suffix = uuid.uuid4().hex[:6]
+    release = Release(helm, cluster, f"ftpsa-{suffix}", f"helm-psa-{suffix}")
+    labels = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": release.namespace, "labels": labels}}
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
+    release.install({"trainer": {"image": {"repository": "test/trainer", "tag": "1"}}})
+    try:
+
+        def pods() -> list[str]:
+            listed = cluster.kubectl("get", "pods", "-n", release.namespace, "-o", "name", check=False)
+            return listed.stdout.split()
+
+        wait_for(lambda: bool(pods()), 60, "the operator pod admitted under restricted")
+        events = json.loads(cluster.kubectl("get", "events", "-n", release.namespace, "-o", "json").stdout)
+        refused = [e["message"] for e in events["items"] if "violates PodSecurity" in e.get("message", "")]
+        assert refused == [], refused
+    finally:
+        release.uninstall()
 
 
 @pytest.mark.parametrize("mode", ["cluster", "namespaced"])

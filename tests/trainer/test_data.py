@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import multiprocessing
 import queue
+import random
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
@@ -311,17 +313,39 @@ def test_overlong_samples_are_dropped_and_counted_never_truncated(
     assert prepared.cache_path is None
 
 
+def old_split_eval(samples: list[Sample], eval_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """The list-of-objects split the index-array one replaced, kept as its oracle."""
+    count = round(eval_fraction * len(samples))
+    if eval_fraction > 0 and len(samples) > 1:
+        count = min(max(count, 1), len(samples) - 1)
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    held_out = set(order[:count])
+    train = [sample for index, sample in enumerate(samples) if index not in held_out]
+    return train, [samples[index] for index in sorted(held_out)]
+
+
 def test_eval_split_is_seeded_disjoint_and_complete() -> None:
-    samples = [Sample(input_ids=[0, index], labels=[IGNORE_INDEX, index]) for index in range(200)]
-    train, held_out = split_eval(samples, 0.1, seed=7)
+    train, held_out = split_eval(200, 0.1, seed=7)
     assert len(held_out) == 20
-    assert sorted([*train, *held_out], key=lambda s: s.input_ids[1]) == samples
-    assert train == sorted(train, key=lambda s: s.input_ids[1])
-    assert split_eval(samples, 0.1, seed=7) == (train, held_out)
-    assert split_eval(samples, 0.1, seed=8)[1] != held_out
-    assert split_eval(samples[:2], 0.01, seed=0)[1] != []
-    assert split_eval(samples[:2], 0.99, seed=0)[0] != []
-    assert split_eval(samples, 0.0, seed=0) == (samples, [])
+    assert sorted([*train.tolist(), *held_out.tolist()]) == list(range(200))
+    assert list(train) == sorted(train)
+    assert list(held_out) == sorted(held_out)
+    assert all(np.array_equal(a, b) for a, b in zip(split_eval(200, 0.1, seed=7), (train, held_out), strict=True))
+    assert not np.array_equal(split_eval(200, 0.1, seed=8)[1], held_out)
+    assert len(split_eval(2, 0.01, seed=0)[1]) == 1
+    assert len(split_eval(2, 0.99, seed=0)[0]) == 1
+    assert split_eval(200, 0.0, seed=0)[0].tolist() == list(range(200))
+    assert split_eval(0, 0.5, seed=0)[0].tolist() == []
+
+
+@pytest.mark.parametrize(("n", "fraction", "seed"), [(200, 0.1, 7), (37, 0.3, 1), (2, 0.01, 0), (5, 0.0, 3)])
+def test_eval_split_chooses_what_the_list_split_chose(n: int, fraction: float, seed: int) -> None:
+    samples = [Sample(input_ids=[0, index], labels=[IGNORE_INDEX, index]) for index in range(n)]
+    train, held_out = split_eval(n, fraction, seed)
+    old_train, old_held_out = old_split_eval(samples, fraction, seed)
+    assert [samples[i] for i in train] == old_train
+    assert [samples[i] for i in held_out] == old_held_out
 
 
 @pytest.fixture
@@ -397,9 +421,9 @@ def test_rank0_rebuilds_a_cache_file_without_its_done_marker(
     cache = tmp_path / "cache"
     key = cache_key([DatasetSpec(path=str(small_chat))], byte_tokenizer, 4096)
     cache.mkdir()
-    (cache / f"tokenized-{key}.npz").write_bytes(b"half-written by a killed pod")
+    (cache / f"tokenized-{key}.tokens").write_bytes(b"half-written by a killed pod")
     prepared = prepare(small_chat, byte_tokenizer, cache)
-    assert prepared.cache_path == cache / f"tokenized-{key}.npz"
+    assert prepared.cache_path == cache / f"tokenized-{key}.tokens"
     assert prepared.train == prepare(small_chat, byte_tokenizer, None).train
 
 

@@ -199,3 +199,41 @@ def test_the_recipe_in_the_pod_is_the_specs_recipe() -> None:
     from finetune_trainer.config import parse_recipe
 
     assert parse_recipe(env["FINETUNE_RECIPE"]) == FineTuneJob.model_validate(manifest).spec.recipe()
+
+
+# -- security ---------------------------------------------------------------------------------------------------
+SECRET_REF = {"secretKeyRef": {"name": "hf-credentials", "key": "token"}}
+
+
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_pods_are_restricted_by_default(nodes: int) -> None:
+    """Pod Security Admission `restricted`, checked field by field on every replica's pod and container."""
+    for pod in pods(render_pytorchjob(minimal_job(resources={"nodes": nodes}))).values():
+        assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert context["runAsNonRoot"] is True
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert all("hostPath" not in volume for volume in pod["volumes"])
+
+
+def test_security_ids_and_the_unconfined_override() -> None:
+    ids = {"runAsUser": 2000, "runAsGroup": 3000, "fsGroup": 4000}
+    pod = pods(render_pytorchjob(minimal_job(resources={"security": ids})))["Master"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}, **ids}
+    pod = pods(render_pytorchjob(minimal_job(resources={"security": {"profile": "unconfined"}})))["Master"]
+    assert "securityContext" not in pod
+    assert "securityContext" not in pod["containers"][0]
+
+
+def test_a_secret_reference_is_rendered_as_a_reference_and_never_resolved() -> None:
+    job = minimal_job(resources={"env": [{"name": "HF_TOKEN", "valueFrom": SECRET_REF}]})
+    rendered = render_pytorchjob(job)
+    container = pods(rendered)["Master"]["containers"][0]
+    reference = {"secretKeyRef": {**SECRET_REF["secretKeyRef"], "optional": False}}
+    assert {"name": "HF_TOKEN", "valueFrom": reference} in container["env"]
+    recipe = next(var["value"] for var in container["env"] if var["name"] == names.ENV_RECIPE)
+    assert "HF_TOKEN" not in recipe
+    assert "hf-credentials" not in recipe  # the recipe carries what the trainer needs, not the pod's wiring

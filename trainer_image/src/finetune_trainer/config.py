@@ -229,6 +229,9 @@ class TrainingSpec(SpecModel):
     """Checkpointing."""
     parallelism: ParallelismSpec = ParallelismSpec()
     """Data parallelism and activation checkpointing."""
+    loss_chunk_tokens: int = Field(default=2048, ge=0, le=10_000_000)
+    """Compute the loss this many tokens at a time, so a micro-batch's full [tokens, vocabulary] fp32 logits and
+    their gradient never exist (8 GiB each for 16,384 tokens and a 128k vocabulary); 0 materialises them."""
     padding_free: bool = True
     """Pack each micro-batch's samples into one row (no padding tokens); false pads them to a rectangle."""
     max_non_finite_steps: int = Field(default=3, ge=0, le=1_000_000)

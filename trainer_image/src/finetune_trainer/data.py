@@ -2,37 +2,43 @@
 
 Local JSONL / JSON (array) / Parquet files or directories of them; a hub dataset only when the recipe names one.
 Every record becomes {role, content} messages (formats `messages`, `alpaca`, `sharegpt`); bad data is a `DataError`
-naming file, line, record and rule, which the entry point turns into exit code 2. Tokenizing runs once: rank 0
-writes a cache file (tmp + rename, then a done marker) and the other ranks poll for the marker with a long timeout
-instead of waiting in a collective whose default timeout big datasets exceed.
+naming file, line, record and rule, which the entry point turns into exit code 2. Tokenizing runs once, on a pool
+of worker processes (one per available core, output order independent of it): rank 0 writes a flat-array cache file
+(`finetune_trainer.tokenized`: tmp + rename, then a done marker) and the other ranks poll for the marker with a long
+timeout instead of waiting in a collective whose default timeout big datasets exceed. Every rank then memory-maps
+the file: samples are views, so per-rank memory does not grow with the dataset.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import math
+import multiprocessing
 import os
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import numpy as np
+import numpy.typing as npt
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from finetune_contract.names import IGNORE_INDEX
 from finetune_trainer import __version__
 from finetune_trainer.config import DatasetSpec
+from finetune_trainer.tokenized import Sample, SampleSet, TokenChunk, TokenizedData, TokenizedWriter, read_tokenized
 from finetune_trainer.tokenizer import chat_template_for, tokenizer_fingerprint
 
 """Label of tokens that are not trained on (PyTorch cross-entropy's default ignore_index)."""
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bump when loading or tokenizing changes what a cache file holds; part of the cache key."""
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 ROLES = ("system", "user", "assistant")
@@ -48,24 +54,11 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
-class Sample:
-    """One tokenized conversation; labels are aligned with input_ids (not shifted), -100 where not trained on."""
-
-    input_ids: list[int]
-    labels: list[int]
-
-    @property
-    def num_loss_tokens(self) -> int:
-        """Tokens that contribute to the loss: after the causal shift position 0 is never predicted."""
-        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
-
-
-@dataclass(frozen=True)
 class PreparedData:
     """The tokenized samples, split into train and eval, and what was dropped on the way."""
 
-    train: list[Sample]
-    eval: list[Sample]
+    train: SampleSet
+    eval: SampleSet
     dropped_too_long: int
     total_records: int
     cache_path: Path | None
@@ -76,11 +69,18 @@ class PreparedData:
 
 def load_messages(spec: DatasetSpec) -> list[Messages]:
     """Every record of the dataset as a validated conversation; raises DataError on the first bad record."""
+    return list(iter_messages(spec))
+
+
+def iter_messages(spec: DatasetSpec) -> Iterator[Messages]:
+    """`load_messages` one record at a time (a big dataset is never held as Python objects all at once).
+
+    An unknown format is reported at once, not on the first record."""
     convert = _CONVERTERS.get(str(spec.format))
     if convert is None:
         known = ", ".join(_CONVERTERS)
         raise DataError(f"{_describe(spec)}: unknown format {str(spec.format)!r}; expected one of {known}")
-    return [_checked(origin, convert(origin, record)) for origin, record in _records(spec)]
+    return (_checked(origin, convert(origin, record)) for origin, record in _records(spec))
 
 
 def _describe(spec: DatasetSpec) -> str:
@@ -272,7 +272,8 @@ def _render_with_spans(
         if message["role"] != "assistant":
             continue
         before = _render(tokenizer, template, messages[:index], True)
-        through = _render(tokenizer, template, messages[: index + 1], False)
+        # The whole conversation when this is its last message: the same render, done once.
+        through = full if index == len(messages) - 1 else _render(tokenizer, template, messages[: index + 1], False)
         if not (through.startswith(before) and full.startswith(through)):
             raise DataError(
                 f"the chat template does not render message {index} as a prefix of the conversation (it rewrites "
@@ -283,7 +284,32 @@ def _render_with_spans(
     return full, spans
 
 
-# --- preparing: tokenize, drop, cache, split --------------------------------------------------------------------
+# --- preparing: tokenize (in parallel), drop, cache, split ---------------------------------------------------------
+
+
+TOKENIZE_CHUNK = 512
+"""Records per task handed to a tokenizing worker: large enough to amortise the hand-over, small enough to balance."""
+PARALLEL_MIN_CHUNKS = 8
+"""Fewer chunks than this are tokenized in this process: starting spawned workers (each imports transformers) costs
+seconds, more than a few thousand records take to tokenize."""
+PROGRESS_INTERVAL_S = 30.0
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU set (`os.sched_getaffinity`), lowered to the container's CPU quota
+    (cgroup v2 ``cpu.max``) when one is set, since a pod with a CPU limit but no CPU set sees every core of the node
+    and each tokenizing worker costs memory (it imports transformers)."""
+    try:
+        cores = max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = max(os.cpu_count() or 1, 1)
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(math.ceil(int(quota) / int(period)), 1))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def prepare_data(
@@ -297,64 +323,172 @@ def prepare_data(
     rank: int = 0,
     world_size: int = 1,
     wait_timeout_s: float = 3600,
+    num_proc: int | None = None,
 ) -> PreparedData:
     """Tokenized train/eval samples; over-long samples are dropped and counted, never truncated.
 
     With a cache_dir, rank 0 tokenizes (or reuses a cache keyed by data, tokenizer, max_seq_len and code version)
-    and the other ranks wait for its done marker; without one, every rank tokenizes for itself.
+    into one flat-array file, and every rank (rank 0 too, after writing) memory-maps it: the samples are views, so a
+    rank's private memory does not grow with the dataset (the pages are shared through the page cache). Without a
+    cache_dir every rank tokenizes for itself and keeps the flat arrays in memory (5 bytes a token, no per-token
+    Python objects). Tokenizing runs on `num_proc` worker processes (default: every core this process may use);
+    the order of the samples does not depend on it.
     """
     if not datasets:
         raise DataError("no datasets given")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}")
+    processes = available_cpus() if num_proc is None else max(num_proc, 1)
     cache_path = None
     if cache_dir is None:
-        samples, dropped, total = _tokenize_all(datasets, tokenizer, max_seq_len)
+        total, chunks = 0, []
+        for item in _tokenize_all(datasets, tokenizer, max_seq_len, processes):
+            if isinstance(item, int):
+                total = item
+            else:
+                chunks.append(item)
+        data = TokenizedData.from_chunks(chunks, sum(chunk.dropped_too_long for chunk in chunks), total)
     else:
-        cache_path = cache_dir / f"tokenized-{cache_key(datasets, tokenizer, max_seq_len)}.npz"
+        cache_path = cache_dir / f"tokenized-{cache_key(datasets, tokenizer, max_seq_len)}.tokens"
         if rank == 0 and not _cache_complete(cache_path):
-            samples, dropped, total = _tokenize_all(datasets, tokenizer, max_seq_len)
-            _write_cache(cache_path, samples, dropped, total)
+            _write_cache(cache_path, _tokenize_all(datasets, tokenizer, max_seq_len, processes))
         else:
             _wait_for(cache_path, wait_timeout_s, rank)
-            samples, dropped, total = _read_cache(cache_path)
-            logger.info("rank %d: read %d tokenized samples from %s", rank, len(samples), cache_path)
-    train, held_out = split_eval(samples, eval_fraction, seed)
-    return PreparedData(train, held_out, dropped, total, cache_path)
+        prepared = load_prepared(cache_path, eval_fraction, seed)
+        logger.info("rank %d: mapped %d tokenized samples from %s", rank, len(prepared.train.data), cache_path)
+        return prepared
+    return _split(data, eval_fraction, seed, None)
+
+
+def load_prepared(cache_path: Path, eval_fraction: float, seed: int) -> PreparedData:
+    """A complete cache file memory-mapped and split, as `prepare_data` returns it once the cache exists."""
+    return _split(read_tokenized(cache_path), eval_fraction, seed, cache_path)
+
+
+def _split(data: TokenizedData, eval_fraction: float, seed: int, cache_path: Path | None) -> PreparedData:
+    train, held_out = split_eval(len(data), eval_fraction, seed)
+    return PreparedData(
+        SampleSet(data, train), SampleSet(data, held_out), data.dropped_too_long, data.total_records, cache_path
+    )
 
 
 def _tokenize_all(
-    datasets: Sequence[DatasetSpec], tokenizer: PreTrainedTokenizerBase, max_seq_len: int
-) -> tuple[list[Sample], int, int]:
-    """(kept samples, number dropped as longer than max_seq_len, number of records)."""
-    samples: list[Sample] = []
-    dropped = total = 0
+    datasets: Sequence[DatasetSpec], tokenizer: PreTrainedTokenizerBase, max_seq_len: int, num_proc: int
+) -> Iterator[TokenChunk | int]:
+    """The kept samples in data order as chunks, then the number of records (an int, last).
+
+    Records are read and validated here (errors name file, line and record) and tokenized in chunks of
+    `TOKENIZE_CHUNK` records, by a pool of `num_proc` spawned workers when there are at least `PARALLEL_MIN_CHUNKS`
+    chunks (results are taken in submission order, so the output does not depend on the pool), else in this process.
+    Spawned workers import the main module, so a script calling this must guard its entry point
+    (``if __name__ == "__main__":``), as the trainer's does.
+    """
+    jobs = _jobs(datasets)
+    first = list(itertools.islice(jobs, PARALLEL_MIN_CHUNKS))
+    total = dropped = 0
+    started = last_log = time.monotonic()
+    if num_proc > 1 and len(first) >= PARALLEL_MIN_CHUNKS:
+        context = multiprocessing.get_context("spawn")  # never fork: the trainer may hold threads, CUDA, gloo
+        pool = context.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer, max_seq_len))
+        results: Iterator[tuple[TokenChunk, int]] = pool.imap(_tokenize_job, itertools.chain(first, jobs))
+    else:
+        pool = None
+        results = (_tokenize_chunk(tokenizer, max_seq_len, job) for job in itertools.chain(first, jobs))
+    try:
+        for chunk, records in results:
+            total += records
+            dropped += chunk.dropped_too_long
+            yield chunk
+            now = time.monotonic()
+            if now - last_log >= PROGRESS_INTERVAL_S:
+                last_log = now
+                rate = total / (now - started)
+                logger.info("tokenizing: %d records so far (%.0f records/s, %d processes)", total, rate, num_proc)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    elapsed = time.monotonic() - started
+    logger.info(
+        "tokenized %d records in %.1fs on %d processes, dropped %d longer than max_seq_len=%d",
+        total,
+        elapsed,
+        num_proc if pool is not None else 1,
+        dropped,
+        max_seq_len,
+    )
+    yield total
+
+
+Job = tuple[str, int, list[Messages]]
+"""(dataset description for errors, index of the first record within its dataset, conversations)."""
+
+
+def _jobs(datasets: Sequence[DatasetSpec]) -> Iterator[Job]:
     for spec in datasets:
-        for index, messages in enumerate(load_messages(spec)):
-            total += 1
-            try:
-                sample = tokenize_conversation(tokenizer, messages)
-            except (DataError, jinja2.TemplateError) as error:
-                raise DataError(f"{_describe(spec)} record {index}: {error}") from error
-            if len(sample.input_ids) > max_seq_len:
-                dropped += 1
-            else:
-                samples.append(sample)
-    logger.info("tokenized %d records, dropped %d longer than max_seq_len=%d", total, dropped, max_seq_len)
-    return samples, dropped, total
+        description = _describe(spec)
+        batch: list[Messages] = []
+        first = 0
+        for index, messages in enumerate(iter_messages(spec)):
+            if not batch:
+                first = index
+            batch.append(messages)
+            if len(batch) >= TOKENIZE_CHUNK:
+                yield description, first, batch
+                batch = []
+        if batch:
+            yield description, first, batch
 
 
-def split_eval(samples: list[Sample], eval_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Hold out round(eval_fraction * n) samples (at least one when the fraction is positive and n > 1), chosen by
-    a seeded shuffle; both parts keep the data's order."""
-    count = round(eval_fraction * len(samples))
-    if eval_fraction > 0 and len(samples) > 1:
-        count = min(max(count, 1), len(samples) - 1)
-    order = list(range(len(samples)))
+def _tokenize_chunk(tokenizer: PreTrainedTokenizerBase, max_seq_len: int, job: Job) -> tuple[TokenChunk, int]:
+    """(kept samples of the job, number of records); a record that cannot be tokenized is a DataError naming it."""
+    description, first, conversations = job
+    kept: list[Sample] = []
+    dropped = 0
+    for index, messages in enumerate(conversations, start=first):
+        try:
+            sample = tokenize_conversation(tokenizer, messages)
+        except (DataError, jinja2.TemplateError) as error:
+            raise DataError(f"{description} record {index}: {error}") from None
+        if len(sample.input_ids) > max_seq_len:
+            dropped += 1
+        else:
+            kept.append(sample)
+    return TokenChunk.of(kept, dropped), len(conversations)
+
+
+_worker: tuple[PreTrainedTokenizerBase, int] | None = None
+
+
+def _init_worker(tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> None:
+    global _worker
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
+    _worker = (tokenizer, max_seq_len)
+
+
+def _tokenize_job(job: Job) -> tuple[TokenChunk, int]:
+    if _worker is None:
+        raise RuntimeError("tokenizing worker was not initialised")
+    return _tokenize_chunk(_worker[0], _worker[1], job)
+
+
+def split_eval(
+    num_samples: int, eval_fraction: float, seed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(train indices, held-out indices), both ascending: round(eval_fraction * n) samples held out (at least one
+    when the fraction is positive and n > 1), chosen by a seeded shuffle (the same choice as ever)."""
+    count = round(eval_fraction * num_samples)
+    if eval_fraction > 0 and num_samples > 1:
+        count = min(max(count, 1), num_samples - 1)
+    if count <= 0:
+        return np.arange(num_samples, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order = list(range(num_samples))
     random.Random(seed).shuffle(order)
-    held_out = set(order[:count])
-    train = [sample for index, sample in enumerate(samples) if index not in held_out]
-    return train, [samples[index] for index in sorted(held_out)]
+    held_out = np.sort(np.array(order[:count], dtype=np.int64))
+    del order
+    keep = np.ones(num_samples, dtype=np.bool_)
+    keep[held_out] = False
+    return np.flatnonzero(keep).astype(np.int64), held_out
 
 
 def cache_key(datasets: Sequence[DatasetSpec], tokenizer: PreTrainedTokenizerBase, max_seq_len: int) -> str:
@@ -405,31 +539,23 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _write_cache(cache_path: Path, samples: list[Sample], dropped: int, total: int) -> None:
-    """The samples as flat int32 arrays plus lengths; the done marker is written only after the data is in place."""
-    lengths = np.array([len(sample.input_ids) for sample in samples], dtype=np.int64)
-    size = int(lengths.sum())
-    input_ids = np.fromiter(chain.from_iterable(sample.input_ids for sample in samples), np.int32, size)
-    labels = np.fromiter(chain.from_iterable(sample.labels for sample in samples), np.int32, size)
-    counts = np.array([dropped, total], dtype=np.int64)
-
-    def write(stream: Any) -> None:
-        np.savez(stream, lengths=lengths, input_ids=input_ids, labels=labels, counts=counts)
-
-    _atomic_write(cache_path, write)
-    meta = {"samples": len(samples), "dropped_too_long": dropped, "total_records": total, "version": CACHE_VERSION}
+def _write_cache(cache_path: Path, produced: Iterator[TokenChunk | int]) -> None:
+    """Stream the chunks into the flat-array file (tmp + rename); the done marker only after the data is in place."""
+    writer = TokenizedWriter(cache_path)
+    try:
+        total = 0
+        for item in produced:
+            if isinstance(item, int):
+                total = item
+            else:
+                writer.add(item)
+        samples, dropped = writer.samples, writer.dropped_too_long
+        writer.finish(total)
+    finally:
+        writer.close()
+    meta = {"samples": samples, "dropped_too_long": dropped, "total_records": total, "version": CACHE_VERSION}
     _atomic_write(_done_marker(cache_path), lambda stream: stream.write(json.dumps(meta).encode()))
-    logger.info("wrote %d tokenized samples to %s", len(samples), cache_path)
-
-
-def _read_cache(cache_path: Path) -> tuple[list[Sample], int, int]:
-    with np.load(cache_path, allow_pickle=False) as arrays:
-        bounds = np.cumsum(arrays["lengths"])[:-1]
-        ids = np.split(arrays["input_ids"], bounds) if len(arrays["lengths"]) else []
-        labels = np.split(arrays["labels"], bounds) if len(arrays["lengths"]) else []
-        dropped, total = (int(count) for count in arrays["counts"])
-    samples = [Sample(input_ids=i.tolist(), labels=y.tolist()) for i, y in zip(ids, labels, strict=True)]
-    return samples, dropped, total
+    logger.info("wrote %d tokenized samples to %s", samples, cache_path)
 
 
 def _wait_for(cache_path: Path, timeout_s: float, rank: int) -> None:
@@ -450,9 +576,13 @@ __all__ = [
     "DataError",
     "PreparedData",
     "Sample",
+    "SampleSet",
+    "available_cpus",
     "cache_key",
     "data_files",
+    "iter_messages",
     "load_messages",
+    "load_prepared",
     "prepare_data",
     "split_eval",
     "tokenize_conversation",

@@ -20,17 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - the conventional name
 
 from finetune_contract import names
 from finetune_contract.checkpoints import latest_checkpoint
-from finetune_contract.names import IGNORE_INDEX
 from finetune_contract.records import StepRecord
 from finetune_trainer import checkpoint as ckpt
-from finetune_trainer.batching import collate_packed, collate_padded, loss_token_count, plan_step, step_batches
+from finetune_trainer.batching import (
+    Lengths,
+    collate_packed,
+    collate_padded,
+    loss_token_count,
+    plan_step,
+    step_batches,
+)
 from finetune_trainer.config import DatasetSpec, Recipe
 from finetune_trainer.data import DataError, Sample, prepare_data
 from finetune_trainer.distributed import World, all_reduce_sum, any_rank, close_world, init_world
+from finetune_trainer.loss import causal_lm_loss
 from finetune_trainer.metrics import MetricLogger, build_logger
 from finetune_trainer.modeling import build_model, training_dtype, wrap_model
 from finetune_trainer.optim import build_optimizer, learning_rate, set_learning_rate
@@ -74,9 +80,9 @@ class TrainingPhase:
     epochs: int
     learning_rate: float
     effective_batch_size: int
-    samples: list[Sample] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
-    steps: list[list[int]] = field(default_factory=list)
+    samples: Sequence[Sample] = field(default_factory=list)
+    lengths: Lengths = field(default_factory=list)
+    steps: Sequence[list[int]] = field(default_factory=list)
     steps_per_epoch: int = 1
 
 
@@ -170,7 +176,7 @@ class Trainer:
                 f"phase {phase.name}: no training samples left (dropped too long: {prepared.dropped_too_long})"
             )
         phase.samples = prepared.train
-        phase.lengths = [len(sample.input_ids) for sample in phase.samples]
+        phase.lengths = prepared.train.lengths
         phase.steps = step_batches(
             len(phase.samples), phase.effective_batch_size, phase.epochs, self.recipe.training.seed
         )
@@ -308,12 +314,14 @@ class Trainer:
         batch = self._collate(samples)
         labels = batch.pop("shift_labels")
         with self._autocast():
-            logits = self.model(**batch, use_cache=False).logits
-        summed = F.cross_entropy(
-            logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+            summed = self._loss(batch, labels)
         (summed * (self.world.size / global_tokens)).backward()  # type: ignore[no-untyped-call]
         return float(summed.detach().item())
+
+    def _loss(self, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Summed fp32 cross-entropy of one micro-batch; the LM head runs over chunks of tokens (finetune_trainer.loss)
+        unless training.lossChunkTokens is 0 or the model type is not known to allow it."""
+        return causal_lm_loss(self.model, self.hf_model, batch, labels, self.recipe.training.loss_chunk_tokens)
 
     def _collate(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         if self.recipe.training.padding_free:
@@ -364,12 +372,7 @@ class Trainer:
                 batch = self._collate(chunk)
                 labels = batch.pop("shift_labels")
                 with self._autocast():
-                    logits = self.model(**batch, use_cache=False).logits
-                total += float(
-                    F.cross_entropy(
-                        logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-                    )
-                )
+                    total += float(self._loss(batch, labels))
         self.model.train()
         tokens = loss_token_count(self.eval_samples)
         loss = all_reduce_sum(total, self.world.device) / max(tokens, 1)

@@ -9,12 +9,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
 from finetune_contract import names
 from finetune_contract.schema import Rule, SpecModel
 from finetune_operator.api import quantity
-from finetune_trainer.config import Recipe
+from finetune_trainer.config import Recipe, recipe_json
 
 GROUP = "finetune.dev"
 VERSION = "v1alpha1"
@@ -24,6 +25,11 @@ PLURAL = "finetunejobs"
 SINGULAR = KIND.lower()
 SHORT_NAMES = ("ftj",)
 MAX_NODES = 1024
+MAX_ENV_STRING = 131_072
+"""Bytes of one `NAME=value` environment string Linux execs (MAX_ARG_STRLEN, 32 pages): the recipe's ceiling."""
+MAX_ENV_TOTAL = 1_048_576
+"""Bytes of the trainer's env we allow: half of ARG_MAX (2 MiB with the default 8 MiB stack), the rest left to the
+image's own env, the training-operator's variables and torchrun's arguments."""
 """Most pods one FineTuneJob may have; the child's name is sized for the pod names this many nodes make."""
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -63,13 +69,65 @@ class Toleration(SpecModel):
     """How long a NoExecute taint is tolerated."""
 
 
+class SecretKeySelector(SpecModel):
+    """A key of a Secret in the job's namespace."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
+    """The Secret's name."""
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+    """The key within the Secret."""
+    optional: bool = False
+    """Start the pod even when the Secret or key is missing (the variable is then unset)."""
+
+
+class EnvSource(SpecModel):
+    """Where a variable's value comes from instead of the spec."""
+
+    secret_key_ref: SecretKeySelector
+    """A Secret key: the value never appears in the FineTuneJob, the PyTorchJob, the recipe, status or events."""
+
+
 class EnvVar(SpecModel):
-    """An extra environment variable for the trainer container."""
+    """An extra environment variable for the trainer container: a plain value, or a reference to a Secret (for
+    credentials such as HF_TOKEN, which must never be written into a spec)."""
+
+    rules = (
+        Rule(
+            cel="!has(self.valueFrom) || !has(self.value) || self.value == ''",
+            holds=lambda e: e.value_from is None or e.value == "",
+            message="set value or valueFrom, not both",
+            field="valueFrom",
+        ),
+    )
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")]
     """Variable name."""
     value: Annotated[str, StringConstraints(max_length=65536)] = ""
-    """Variable value."""
+    """Variable value (not for secrets: use valueFrom.secretKeyRef)."""
+    value_from: EnvSource | None = None
+    """The value from a Secret key, resolved by the kubelet in the pod."""
+
+    def to_container(self) -> dict[str, Any]:
+        """The container env entry: the reference, never a resolved secret."""
+        if self.value_from is not None:
+            return {"name": self.name, "valueFrom": self.value_from.to_wire()}
+        return {"name": self.name, "value": self.value}
+
+
+class PodSecurity(SpecModel):
+    """The trainer pods' security context. `restricted` (the default) passes Pod Security Admission's restricted
+    level: non-root, no privilege escalation, every capability dropped, the runtime's default seccomp profile."""
+
+    profile: Literal["restricted", "unconfined"] = "restricted"
+    """restricted, or unconfined: no security context at all (the image's and the namespace's defaults), for
+    clusters whose images or drivers need more; say why in the job."""
+    run_as_user: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    """The uid (default: the image's USER, which restricted requires to be numeric and not 0; the trainer image's
+    is 10001)."""
+    run_as_group: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    """The primary gid (default: the image's)."""
+    fs_group: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    """The group that owns mounted volumes, so a non-root trainer can write its PVC."""
 
 
 class VolumeSpec(SpecModel):
@@ -141,6 +199,8 @@ class ResourcesSpec(SpecModel):
     """PersistentVolumeClaims to mount."""
     service_account_name: ShortText | None = None
     """ServiceAccount of the trainer pods."""
+    security: PodSecurity = PodSecurity()
+    """The pods' security context (restricted by default)."""
 
 
 class EarlyStoppingSpec(SpecModel):
@@ -204,6 +264,30 @@ class FineTuneJobSpec(Recipe):
     def recipe(self) -> Recipe:
         """The trainer's part of the spec, re-validated as a Recipe (it is one by inheritance)."""
         return Recipe.model_validate(self.model_dump(include=set(Recipe.model_fields)))
+
+    @model_validator(mode="after")
+    def _fits_the_environment(self) -> FineTuneJobSpec:
+        """The recipe reaches the trainer as one environment variable, and the user's env with it: a spec whose
+        pod could never exec (E2BIG) is refused here, before anything is created, instead of crash-looping.
+        Python only: no CEL can measure the JSON the operator will render."""
+        recipe = len(f"{names.ENV_RECIPE}=".encode()) + len(recipe_json(self.recipe()).encode()) + 1
+        if recipe > MAX_ENV_STRING:
+            message = (
+                f"the recipe is {recipe:,} bytes as the trainer's {names.ENV_RECIPE} environment variable, more than "
+                f"the {MAX_ENV_STRING:,} bytes Linux allows one variable (MAX_ARG_STRLEN): use fewer or shorter "
+                "dataset paths and phases"
+            )
+            raise PydanticCustomError("cross_field", message, {"member": ""})
+        user = sum(len(f"{var.name}={var.value}".encode()) + 1 for var in self.resources.env)
+        if recipe + user > MAX_ENV_TOTAL:
+            message = (
+                f"the trainer's environment would be {recipe + user:,} bytes (recipe {recipe:,}, resources.env "
+                f"{user:,}), more than the {MAX_ENV_TOTAL:,} bytes kept for it (Linux's ARG_MAX is 2 MiB with the "
+                "default stack, shared with the image's env and torchrun's arguments): move large values to a "
+                "volume or a Secret"
+            )
+            raise PydanticCustomError("cross_field", message, {"member": "resources.env"})
+        return self
 
 
 class JobPhase(StrEnum):

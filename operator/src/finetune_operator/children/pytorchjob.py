@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from finetune_contract import names
-from finetune_operator.api import MAX_NODES, FineTuneJob, ResourcesSpec
+from finetune_operator.api import MAX_NODES, FineTuneJob, PodSecurity, ResourcesSpec
 from finetune_trainer.config import recipe_json
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-dev/finetune-trainer:0.1.0"
@@ -165,6 +165,7 @@ def pod_spec(job: FineTuneJob, trainer_image: str) -> Manifest:
         "priorityClassName": resources.priority_class_name,
         "serviceAccountName": resources.service_account_name,
         "imagePullSecrets": [{"name": secret} for secret in resources.image_pull_secrets] or None,
+        "securityContext": pod_security(resources.security),
     }
     spec.update({key: value for key, value in optional.items() if value is not None})
     return spec
@@ -184,12 +185,36 @@ def container(job: FineTuneJob, trainer_image: str) -> Manifest:
         ],
         "resources": container_resources(resources),
         "volumeMounts": volume_mounts(resources),
+        **({"securityContext": container_security()} if resources.security.profile == "restricted" else {}),
     }
 
 
-def container_env(job: FineTuneJob) -> list[dict[str, str]]:
+RUNTIME_DEFAULT_SECCOMP = {"type": "RuntimeDefault"}
+
+
+def pod_security(security: PodSecurity) -> Manifest | None:
+    """The pod's securityContext: restricted's pod-level half (non-root, seccomp), and the ids when set."""
+    if security.profile != "restricted":
+        return None
+    out: Manifest = {"runAsNonRoot": True, "seccompProfile": dict(RUNTIME_DEFAULT_SECCOMP)}
+    ids = {"runAsUser": security.run_as_user, "runAsGroup": security.run_as_group, "fsGroup": security.fs_group}
+    out.update({key: value for key, value in ids.items() if value is not None})
+    return out
+
+
+def container_security() -> Manifest:
+    """restricted's container-level half (Pod Security Admission checks it per container)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "seccompProfile": dict(RUNTIME_DEFAULT_SECCOMP),
+    }
+
+
+def container_env(job: FineTuneJob) -> list[dict[str, Any]]:
     """User env first, then the contract env (names starting with FINETUNE_ are reserved by validation)."""
-    user = [{"name": var.name, "value": var.value} for var in job.spec.resources.env]
+    user = [var.to_container() for var in job.spec.resources.env]
     return [
         *user,
         {"name": names.ENV_JOB_NAME, "value": job.metadata.name},

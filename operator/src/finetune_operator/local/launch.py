@@ -63,7 +63,8 @@ def launch_for(job: FineTuneJob, recipe_path: Path, output: Path, port: int, pro
     else:
         command = [sys.executable, "-m", names.TRAINER_MODULE, "--recipe", str(recipe_path)]
     env = dict(os.environ)
-    env.update({var.name: var.value for var in job.spec.resources.env})
+    # A Secret reference is the kubelet's to resolve: here the variable comes from this shell's environment.
+    env.update({var.name: var.value for var in job.spec.resources.env if var.value_from is None})
     env.update(
         {
             names.ENV_OUTPUT_DIR: str(output),
