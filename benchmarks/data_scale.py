@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import BENCH_LLAMA, RESULTS, SHARED_DATA, format_table, write_results  # noqa: E402
+from finetune_contract import names  # noqa: E402
 
 SOURCES = (
     "gsm8k/train-00000-of-00002.chat.jsonl",
@@ -304,10 +305,10 @@ def child_first_step(args: dict[str, Any]) -> dict[str, Any]:
     recipe_path = out / "recipe.json"
     out.mkdir(parents=True, exist_ok=True)
     recipe_path.write_text(json.dumps(recipe))
-    env = {**os.environ, "FINETUNE_OUTPUT_DIR": str(out / "run")}
+    env = {**os.environ, names.ENV_OUTPUT_DIR: str(out / "run")}
     started = time.time()
     process = subprocess.run(
-        [sys.executable, "-m", "finetune_trainer", "--recipe", str(recipe_path)],
+        [sys.executable, "-m", names.TRAINER_MODULE, "--recipe", str(recipe_path)],
         env=env,
         capture_output=True,
         text=True,

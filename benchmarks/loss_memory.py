@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import RESULTS, format_table, write_results  # noqa: E402
+from finetune_contract.names import IGNORE_INDEX  # noqa: E402
 
 MODEL: dict[str, Any] = {
     "hidden_size": 64,
@@ -71,7 +72,7 @@ def worker(path: str, tokens: int, row: int, vocab: int, chunk: int, device_name
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab, (tokens // row, row), generator=generator)
     labels = torch.roll(input_ids, -1, dims=1)
-    labels[:, -1] = -100
+    labels[:, -1] = IGNORE_INDEX
     batch = {"input_ids": input_ids.to(device), "position_ids": torch.arange(row).repeat(tokens // row, 1).to(device)}
     labels = labels.to(device)
     chunk_tokens = chunk if path == "chunked" else 0
@@ -100,7 +101,7 @@ def worker(path: str, tokens: int, row: int, vocab: int, chunk: int, device_name
         "seconds": elapsed,
         "loss": float(loss.detach()),
         "grad_norm": float(torch.stack(grads).norm()),
-        "counted_tokens": int((labels != -100).sum()),
+        "counted_tokens": int((labels != IGNORE_INDEX).sum()),
     }
 
 
