@@ -35,6 +35,20 @@ SERIES = {
     "total_steps": names.METRIC_TOTAL_STEPS,
 }
 TOKENS = names.METRIC_TOKENS + names.COUNTER_SUFFIX
+MAX_BODY_BYTES = 32 * 1024 * 1024
+"""Most an answer (a /metrics page, a Prometheus result) may be: a bigger one is a broken endpoint, not data."""
+
+
+def read_body(url: str, timeout_seconds: float, what: str) -> bytes:
+    """The body of a GET, bounded in size; any failure to get a usable one is MetricsUnavailableError."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_seconds) as response:
+            body: bytes = response.read(MAX_BODY_BYTES + 1)
+    except (OSError, urllib.error.URLError, ValueError) as error:
+        raise MetricsUnavailableError(f"{what}: {error}") from error
+    if len(body) > MAX_BODY_BYTES:
+        raise MetricsUnavailableError(f"{what}: answered more than {MAX_BODY_BYTES:,} bytes")
+    return body
 
 
 @dataclass(frozen=True)
@@ -137,20 +151,23 @@ class PrometheusSource:
     def _raw(self, query: str, instant: bool = False) -> list[tuple[float, float]]:
         """Samples of the first series the query returns, as (timestamp, value), oldest first."""
         url = f"{self.base_url.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        body = read_body(url, self.timeout_seconds, f"Prometheus at {self.base_url}")
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_seconds) as response:
-                payload: dict[str, Any] = json.load(response)
-        except (OSError, urllib.error.URLError, ValueError) as error:
-            raise MetricsUnavailableError(f"Prometheus at {self.base_url}: {error}") from error
-        if payload.get("status") != "success":
-            raise MetricsUnavailableError(f"Prometheus query failed: {payload.get('error', payload)}")
-        result = payload["data"]["result"]
-        if not result:
-            return []
-        if instant and "value" in result[0]:
-            timestamp, value = result[0]["value"]
-            return [(float(timestamp), float(value))]
-        return [(float(timestamp), float(value)) for timestamp, value in result[0].get("values", [])]
+            payload: dict[str, Any] = json.loads(body)
+            if payload.get("status") != "success":
+                raise MetricsUnavailableError(f"Prometheus query failed: {payload.get('error', payload)}")
+            result = payload["data"]["result"]
+            if not result:
+                return []
+            if instant and "value" in result[0]:
+                timestamp, value = result[0]["value"]
+                return [(float(timestamp), float(value))]
+            return [(float(timestamp), float(value)) for timestamp, value in result[0].get("values", [])]
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+            # JSON that is not a Prometheus answer (a proxy's error page, another API): unreadable, never a verdict
+            raise MetricsUnavailableError(
+                f"Prometheus at {self.base_url} answered no query result: {error!r}"
+            ) from error
 
 
 @dataclass
@@ -186,11 +203,11 @@ class ScrapeSource:
         self._tokens.pop((namespace, name), None)
 
     def _scrape(self, url: str, namespace: str, name: str) -> dict[str, float]:
+        body = read_body(url, self.timeout_seconds, f"scraping {url}")
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_seconds) as response:
-                text = response.read().decode()
-        except (OSError, urllib.error.URLError) as error:
-            raise MetricsUnavailableError(f"scraping {url}: {error}") from error
+            text = body.decode()
+        except UnicodeDecodeError as error:
+            raise MetricsUnavailableError(f"malformed metrics at {url}: {error}") from error
         wanted = {names.LABEL_JOB: name, names.LABEL_NAMESPACE: namespace}
         values: dict[str, float] = {}
         try:
@@ -198,8 +215,8 @@ class ScrapeSource:
                 for sample in family.samples:
                     if all(sample.labels.get(key) == value for key, value in wanted.items()):
                         values[sample.name] = float(sample.value)
-        except ValueError as error:
-            raise MetricsUnavailableError(f"malformed metrics at {url}: {error}") from error
+        except (ValueError, TypeError, IndexError) as error:
+            raise MetricsUnavailableError(f"malformed metrics at {url}: {error!r}") from error
         return values
 
 
