@@ -90,7 +90,7 @@ class ModelSpec(SpecModel):
 
 
 class DatasetSpec(SpecModel):
-    """One training data source: a local file/directory (JSONL, JSON or Parquet) or a hub dataset."""
+    """One training data source: a local file/directory (JSONL, JSON or Parquet), a saved dataset or a hub dataset."""
 
     rules = (
         Rule(
@@ -101,13 +101,14 @@ class DatasetSpec(SpecModel):
     )
 
     path: Path | None = None
-    """File or directory in the trainer container (JSONL, JSON or Parquet)."""
+    """File or directory in the trainer container: JSONL, JSON or Parquet files, or a directory written by
+    `datasets`' `save_to_disk`."""
     name: HubId | None = None
     """Hugging Face hub dataset id; only used when set explicitly."""
     format: DataFormat = DataFormat.messages
     """Record format: chat `messages`, alpaca (instruction/input/output) or sharegpt (conversations)."""
     split: Annotated[str, StringConstraints(min_length=1, max_length=128)] = "train"
-    """Split to read from a hub dataset."""
+    """Split to read from a hub dataset or a saved DatasetDict."""
 
 
 Datasets = Annotated[list[DatasetSpec], Field(min_length=1, max_length=64)]

@@ -1,6 +1,11 @@
 """Training data: load records, convert them to chat messages, tokenize with assistant-only labels, cache.
 
-Local JSONL / JSON (array) / Parquet files or directories of them; a hub dataset only when the recipe names one.
+Local JSONL / JSON (array) / Parquet files or directories of them, a dataset saved with `datasets`'
+`save_to_disk`, or a hub dataset when the recipe names one. Saved and hub datasets are read through `datasets`
+(memory-mapped Arrow), Parquet files by pyarrow a batch of rows at a time (a 1M-record file is never held as Python
+objects); JSON Lines and JSON arrays keep their own reader, because Arrow's JSON reader unifies the records' schema
+(a key one record has appears as null in the others) and reports a bad line by its position in a block, while ours
+names file and line and passes each record through exactly as written.
 Every record becomes {role, content} messages (formats `messages`, `alpaca`, `sharegpt`); bad data is a `DataError`
 naming file, line, record and rule, which the entry point turns into exit code 2. Tokenizing runs once, on a pool
 of worker processes (one per available core, output order independent of it): rank 0 writes a flat-array cache file
@@ -41,6 +46,9 @@ from finetune_trainer.tokenizer import chat_template_for, tokenizer_fingerprint
 CACHE_VERSION = 2
 """Bump when loading or tokenizing changes what a cache file holds; part of the cache key."""
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+PARQUET_BATCH_ROWS = 1024
+SAVED_DATASET_MARKERS = ("state.json", "dataset_dict.json")
+"""Files `datasets`' `save_to_disk` writes at the top of a saved Dataset / DatasetDict directory."""
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
@@ -98,6 +106,10 @@ def data_files(path: Path) -> list[Path]:
         for f in path.rglob("*")
         if f.is_file() and f.suffix in DATA_SUFFIXES and not any(p.startswith(".") for p in f.relative_to(path).parts)
     )
+    inside = {parent for f in files for parent in f.parents if parent != path and parent.is_relative_to(path)}
+    for saved in sorted(inside):
+        if is_saved_dataset(saved):  # its state.json would otherwise be read as training records
+            raise DataError(f"{path}: {saved} is a saved dataset (save_to_disk); give it a dataset entry of its own")
     if not files:
         raise DataError(f"{path}: directory holds no {', '.join(DATA_SUFFIXES)} files")
     return files
@@ -110,8 +122,17 @@ def _records(spec: DatasetSpec) -> Iterator[tuple[str, Any]]:
         return
     if spec.path is None:
         raise DataError("dataset has neither path nor name")
-    for path in data_files(Path(spec.path)):
-        yield from _file_records(path)
+    path = Path(spec.path)
+    if is_saved_dataset(path):
+        yield from _saved_records(path, spec.split)
+        return
+    for file in data_files(path):
+        yield from _file_records(file)
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (read whole, not as files)."""
+    return path.is_dir() and any((path / marker).is_file() for marker in SAVED_DATASET_MARKERS)
 
 
 def _file_records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -120,9 +141,7 @@ def _file_records(path: Path) -> Iterator[tuple[str, Any]]:
     elif path.suffix == ".json":
         yield from ((f"{path} record {index}", record) for index, record in enumerate(_read_json(path)))
     elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no type information
-
-        yield from ((f"{path} record {i}", record) for i, record in enumerate(pq.read_table(path).to_pylist()))
+        yield from _parquet_records(path)
     else:
         raise DataError(f"{path}: unsupported file type; expected one of {', '.join(DATA_SUFFIXES)}")
 
@@ -155,9 +174,59 @@ def _read_json(path: Path) -> list[Any]:
     return records
 
 
+def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """A Parquet file read a batch of rows at a time from a memory map, without pre-buffering: memory stays at one
+    batch whatever the file's size. (`datasets`' streaming Parquet reader was measured holding the whole file's
+    bytes as Python objects — 77 MB for a 77 MB file — so it is not used here.)"""
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no type information
+
+    def stream() -> Iterator[Any]:
+        with pq.ParquetFile(path, memory_map=True, pre_buffer=False) as parquet:
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                yield from batch.to_pylist()
+
+    yield from _named_records(f"{path}", "not a readable Parquet file", stream)
+
+
+def _saved_records(path: Path, split: str) -> Iterator[tuple[str, Any]]:
+    """A `save_to_disk` directory, memory-mapped by `datasets`; a DatasetDict is read at the dataset's `split`."""
+    import datasets  # type: ignore[import-untyped]
+
+    def stream() -> Iterator[Any]:
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                known = ", ".join(sorted(loaded))
+                message = f"saved dataset has no split {split!r} (splits: {known}); set the dataset's split"
+                raise DataError(f"{path}: {message}")
+            loaded = loaded[split]
+        return iter(loaded)
+
+    yield from _named_records(f"{path} (split {split})", "not a readable saved dataset", stream)
+
+
+def _named_records(origin: str, failure: str, open_stream: Callable[[], Iterator[Any]]) -> Iterator[tuple[str, Any]]:
+    """Records of a `datasets` reader named `<origin> record <i>`; a reading failure (a truncated file, a bad footer,
+    a missing shard) is a DataError naming the source and the record it stopped at, never a pyarrow traceback."""
+    index = 0
+    stream: Iterator[Any] | None = None
+    try:
+        stream = open_stream()
+        for index, record in enumerate(stream):  # index is reported when reading fails
+            yield f"{origin} record {index}", record
+    except DataError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError) as error:  # pyarrow's ArrowException subclasses these
+        raise DataError(f"{origin}: {failure} (at record {index}): {error}") from None
+    finally:
+        close = getattr(stream, "close", None)
+        if callable(close):
+            close()
+
+
 def _hub_records(name: str, split: str) -> Iterator[tuple[str, Any]]:
     """A hub dataset's records; only reached when the recipe names the dataset (DatasetSpec.name)."""
-    import datasets  # type: ignore[import-untyped]  # datasets ships no type information; heavy, so imported late
+    import datasets
 
     try:
         dataset = datasets.load_dataset(name, split=split)
@@ -510,11 +579,17 @@ def _dataset_identity(spec: DatasetSpec) -> dict[str, Any]:
         return {"format": str(spec.format), "hub": spec.name, "split": spec.split}
     if spec.path is None:
         raise DataError("dataset has neither path nor name")
-    digests = []
-    for path in data_files(Path(spec.path)):
-        with path.open("rb") as stream:
-            digests.append(hashlib.file_digest(stream, "sha256").hexdigest())
-    return {"format": str(spec.format), "files": digests}
+    path = Path(spec.path)
+    if is_saved_dataset(path):  # every file of it (arrow shards, state, info) and the split it is read at
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        digests = [f"{f.relative_to(path)}:{_file_digest(f)}" for f in files]
+        return {"format": str(spec.format), "saved": digests, "split": spec.split}
+    return {"format": str(spec.format), "files": [_file_digest(f) for f in data_files(path)]}
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def _done_marker(cache_path: Path) -> Path:
