@@ -8,8 +8,12 @@ same seed, so their loss and gradient norm must agree. Prints the ratio and writ
 
     .venv/bin/python benchmarks/loss_memory.py --out benchmarks/results/loss_memory.json
 
-Today's path needs about 3 x tokens x vocab x 4 bytes (25 GiB at the defaults); on a smaller machine pass
---tokens (the ratio is about the same: both paths scale with the tokens, the chunked one much less).
+Every run also counts the tensors' bytes with torch's `MemTracker` (peak of live tensor storage). Today's path
+needs about 3 x tokens x vocab x 4 bytes (25 GiB at the defaults); when that does not fit in this machine's
+available memory, that path is measured by `MemTracker` alone under `FakeTensorMode` (shapes and dtypes, no
+storage: nothing allocated), and, to show the count is right, measured for real AND counted at the largest
+halving of the tokens that fits (the count was within 1% of the resident-set peak at 8,192 tokens). The chunked
+path is always measured for real at the full size. The ratio is then counted/counted (same method both sides).
 """
 
 from __future__ import annotations
@@ -58,67 +62,130 @@ def _reset_hwm() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # resets the resident-set high-water mark (Linux >= 4.0)
 
 
-def worker(path: str, tokens: int, row: int, vocab: int, chunk: int, device_name: str, seed: int) -> dict[str, Any]:
-    """One path's peak memory, loss and gradient norm, measured in this (fresh) process."""
+def worker(
+    path: str, tokens: int, row: int, vocab: int, chunk: int, device_name: str, seed: int, fake: bool
+) -> dict[str, Any]:
+    """One path's peak memory, loss and gradient norm, measured in this (fresh) process; with `fake`, tensors have
+    no storage and only the tracker's count of the bytes they would take is reported."""
+    import contextlib
+
     import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from finetune_trainer.loss import causal_lm_loss
 
     device = torch.device(device_name)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **MODEL)).float().to(device)
-    model.train()
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, vocab, (tokens // row, row), generator=generator)
-    labels = torch.roll(input_ids, -1, dims=1)
-    labels[:, -1] = IGNORE_INDEX
-    batch = {"input_ids": input_ids.to(device), "position_ids": torch.arange(row).repeat(tokens // row, 1).to(device)}
-    labels = labels.to(device)
-    chunk_tokens = chunk if path == "chunked" else 0
+    with FakeTensorMode() if fake else contextlib.nullcontext():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **MODEL))
+        if device.type != "cpu":
+            model = model.to(device)  # type: ignore[arg-type]
+        model.train()
+        input_ids = torch.randint(0, vocab, (tokens // row, row), generator=None if fake else _generator(seed))
+        labels = torch.roll(input_ids, -1, dims=1)
+        labels[:, -1] = IGNORE_INDEX
+        positions = torch.arange(row).repeat(tokens // row, 1)
+        batch = {"input_ids": input_ids.to(device), "position_ids": positions.to(device)}
+        labels = labels.to(device)
+        chunk_tokens = chunk if path == "chunked" else 0
+        resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        tracker = MemTracker()
+        tracker.track_external(model)
+        before = _real_before(device, fake)
+        started = time.perf_counter()
+        with tracker:
+            loss = causal_lm_loss(model, model, batch, labels, chunk_tokens)
+            loss.backward()  # type: ignore[no-untyped-call]
+        elapsed = time.perf_counter() - started
+        peak = None if fake else _real_peak(device)
+        counted = int(sum(dev["Total"] for dev in tracker.get_tracker_snapshot("peak").values()))
+        result: dict[str, Any] = {
+            "path": path,
+            "chunk_tokens": chunk_tokens,
+            "tokens": tokens,
+            "method": "counted (FakeTensorMode, nothing allocated)" if fake else "resident-set peak",
+            "counted_peak_bytes_over_start": counted - resident,
+            "seconds": elapsed,
+        }
+        if not fake:
+            grads = [p.grad.double().norm() for p in model.parameters() if p.grad is not None]
+            result |= {
+                "peak_bytes_over_start": peak - before if peak is not None else None,
+                "peak_bytes": peak,
+                "loss": float(loss.detach()),
+                "grad_norm": float(torch.stack(grads).norm()),
+                "counted_tokens": int((labels != IGNORE_INDEX).sum()),
+            }
+    return result
+
+
+def _generator(seed: int) -> Any:
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def _real_before(device: Any, fake: bool) -> int:
+    import torch
+
+    if fake:
+        return 0
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = _rss_bytes()
-        _reset_hwm()
-    started = time.perf_counter()
-    loss = causal_lm_loss(model, model, batch, labels, chunk_tokens)
-    loss.backward()  # type: ignore[no-untyped-call]
+        return int(torch.cuda.memory_allocated())
+    before = _rss_bytes()
+    _reset_hwm()
+    return before
+
+
+def _real_peak(device: Any) -> int:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _hwm_bytes()
-    elapsed = time.perf_counter() - started
-    grads = [p.grad.double().norm() for p in model.parameters() if p.grad is not None]
-    return {
-        "path": path,
-        "chunk_tokens": chunk_tokens,
-        "peak_bytes_over_start": peak - before,
-        "peak_bytes": peak,
-        "seconds": elapsed,
-        "loss": float(loss.detach()),
-        "grad_norm": float(torch.stack(grads).norm()),
-        "counted_tokens": int((labels != IGNORE_INDEX).sum()),
-    }
+        return int(torch.cuda.max_memory_allocated())
+    return _hwm_bytes()
 
 
-def measure(path: str, args: argparse.Namespace) -> dict[str, Any]:
+def _available_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def full_path_fits(tokens: int, vocab: int, device: str) -> bool:
+    """Today's path holds ~3 fp32 [tokens, vocab] tensors at its peak; on CPU keep a 15% margin of what is free."""
+    if device != "cpu":
+        return True
+    return 3 * tokens * vocab * 4 < 0.85 * _available_bytes()
+
+
+def measure(path: str, args: argparse.Namespace, *, tokens: int | None = None, fake: bool = False) -> dict[str, Any]:
     command = [
         sys.executable,
         __file__,
         "--worker",
         path,
-        *("--tokens", str(args.tokens), "--row", str(args.row), "--vocab", str(args.vocab)),
+        *("--tokens", str(tokens or args.tokens), "--row", str(args.row), "--vocab", str(args.vocab)),
         *("--chunk", str(args.chunk), "--device", args.device, "--seed", str(args.seed)),
+        *(["--fake"] if fake else []),
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{path} worker failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def largest_fitting_tokens(args: argparse.Namespace) -> int:
+    tokens = int(args.tokens)
+    while tokens > args.row and not full_path_fits(tokens, args.vocab, args.device):
+        tokens //= 2
+    return max(args.row, tokens - tokens % args.row)
 
 
 def main() -> None:
@@ -130,52 +197,78 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=["full", "chunked"], help=argparse.SUPPRESS)
+    parser.add_argument("--fake", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS / "loss_memory.json")
     args = parser.parse_args()
     if args.tokens % args.row:
         parser.error("--tokens must be a multiple of --row")
     if args.worker:
-        result = worker(args.worker, args.tokens, args.row, args.vocab, args.chunk, args.device, args.seed)
+        result = worker(args.worker, args.tokens, args.row, args.vocab, args.chunk, args.device, args.seed, args.fake)
         print(json.dumps(result))
         return
     chunked = measure("chunked", args)
-    full = measure("full", args)
-    ratio = chunked["peak_bytes_over_start"] / full["peak_bytes_over_start"]
-    loss_rel = abs(chunked["loss"] - full["loss"]) / abs(full["loss"])
-    norm_rel = abs(chunked["grad_norm"] - full["grad_norm"]) / abs(full["grad_norm"])
-    logits_bytes = args.tokens * args.vocab * 4
-    rows = [
-        (
-            name,
-            row["peak_bytes_over_start"] / 2**30,
-            row["peak_bytes_over_start"] / logits_bytes,
-            row["seconds"],
-            row["loss"],
-            row["grad_norm"],
+    check: dict[str, Any] | None = None
+    if full_path_fits(args.tokens, args.vocab, args.device):
+        full = measure("full", args)
+        ratio = chunked["peak_bytes_over_start"] / full["peak_bytes_over_start"]
+        agreement = (chunked, full)
+    else:
+        full = measure("full", args, fake=True)
+        ratio = chunked["counted_peak_bytes_over_start"] / full["counted_peak_bytes_over_start"]
+        check_tokens = largest_fitting_tokens(args)
+        check = {"tokens": check_tokens, "full": measure("full", args, tokens=check_tokens)}
+        check["chunked"] = measure("chunked", args, tokens=check_tokens)
+        agreement = (check["chunked"], check["full"])
+        check["counted_over_real_full"] = (
+            check["full"]["counted_peak_bytes_over_start"] / check["full"]["peak_bytes_over_start"]
         )
-        for name, row in (("today (full logits)", full), (f"chunked ({args.chunk})", chunked))
-    ]
+    loss_rel = abs(agreement[0]["loss"] - agreement[1]["loss"]) / abs(agreement[1]["loss"])
+    norm_rel = abs(agreement[0]["grad_norm"] - agreement[1]["grad_norm"]) / abs(agreement[1]["grad_norm"])
+    logits_bytes = args.tokens * args.vocab * 4
+    measured = [("today (full logits)", full), (f"chunked ({args.chunk})", chunked)]
+    if check is not None:
+        measured += [("today, check", check["full"]), ("chunked, check", check["chunked"])]
+    rows = [_row(name, row) for name, row in measured]
     print(
         f"{args.tokens:,} tokens x vocabulary {args.vocab:,} on {args.device}; "
         f"one fp32 logits tensor is {logits_bytes / 2**30:.2f} GiB"
     )
-    print(format_table(["path", "peak GiB", "x fp32 logits", "seconds", "loss", "grad norm"], rows))
+    print(format_table(["path", "tokens", "peak GiB (real)", "GiB (counted)", "seconds", "loss", "grad norm"], rows))
+    if check is not None:
+        print(
+            f"today's path does not fit here at {args.tokens:,} tokens: counted under FakeTensorMode; at "
+            f"{check['tokens']:,} tokens the count is {check['counted_over_real_full']:.3f}x the real peak"
+        )
     print(
-        f"ratio chunked/today peak: {ratio:.3f} (target <= 0.25); "
-        f"relative difference: loss {loss_rel:.1e}, grad norm {norm_rel:.1e}"
+        f"ratio chunked/today peak: {ratio:.3f} (target <= 0.25); relative difference "
+        f"(at {agreement[1]['tokens']:,} tokens): loss {loss_rel:.1e}, grad norm {norm_rel:.1e}"
     )
     write_results(
         args.out,
         {
-            "settings": {k: v for k, v in vars(args).items() if k != "worker"} | {"out": str(args.out)},
+            "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "fake")} | {"out": str(args.out)},
             "model": MODEL | {"model_type": "llama", "vocab_size": args.vocab},
             "fp32_logits_bytes": logits_bytes,
             "full": full,
             "chunked": chunked,
+            "check_at_fitting_size": check,
             "ratio_chunked_over_full_peak": ratio,
             "loss_relative_difference": loss_rel,
             "grad_norm_relative_difference": norm_rel,
         },
+    )
+
+
+def _row(name: str, row: dict[str, Any]) -> tuple[Any, ...]:
+    real = row.get("peak_bytes_over_start")
+    return (
+        name,
+        row["tokens"],
+        "-" if real is None else f"{real / 2**30:.2f}",
+        f"{row['counted_peak_bytes_over_start'] / 2**30:.2f}",
+        row["seconds"],
+        row.get("loss", "-"),
+        row.get("grad_norm", "-"),
     )
 
 

@@ -171,8 +171,11 @@ class FakeKube:
         self.calls.append("patch_child")
         _merge(self.children[(namespace, name)], patch)
 
-    def delete_child(self, namespace: str, name: str) -> bool:
+    def delete_child(self, namespace: str, name: str, *, uid: str | None = None, foreground: bool = False) -> bool:
         self.calls.append("delete_child")
+        child = self.children.get((namespace, name))
+        if child is None or (uid is not None and child["metadata"].get("uid") != uid):
+            return False
         return self.children.pop((namespace, name), None) is not None
 
     def child_pods(self, namespace: str, child_name: str) -> list[Manifest]:

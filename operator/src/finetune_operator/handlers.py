@@ -83,7 +83,7 @@ def on_child_event(memo: kopf.Memo, event: kopf.RawEvent, **kwargs: Any) -> None
     if event["type"] == "DELETED":
         jobs.on_child_deleted(context(memo), retries(memo), dict(event["object"]))
     else:
-        mirror_child(context(memo), dict(event["object"]), cached(kwargs["finetunejobs"]))
+        mirror_child(context(memo), dict(event["object"]), cached(kwargs["finetunejobs"]), retries(memo).schedule)
 
 
 @kopf.on.startup()

@@ -68,18 +68,19 @@ class Kube:
     def patch_child(self, namespace: str, name: str, patch: Manifest) -> None:
         self.custom.patch_namespaced_custom_object(*CHILD, namespace, names.PYTORCHJOB_PLURAL, name, patch)
 
-    def delete_child(self, namespace: str, name: str) -> bool:
-        """Delete the PyTorchJob and, in the background, its pods; False if it was already gone."""
+    def delete_child(self, namespace: str, name: str, *, uid: str | None = None, foreground: bool = False) -> bool:
+        """Delete the PyTorchJob; False if it was already gone (or, with `uid`, is another object now).
+
+        Background: the object goes at once, its pods after. Foreground: it stays (with a deletionTimestamp) until
+        its pods are gone, so a new PyTorchJob of the same name never meets the old pods' names."""
+        body = client.V1DeleteOptions(
+            propagation_policy="Foreground" if foreground else "Background",
+            preconditions=client.V1Preconditions(uid=uid) if uid else None,
+        )
         try:
-            self.custom.delete_namespaced_custom_object(
-                *CHILD,
-                namespace,
-                names.PYTORCHJOB_PLURAL,
-                name,
-                body=client.V1DeleteOptions(propagation_policy="Background"),
-            )
+            self.custom.delete_namespaced_custom_object(*CHILD, namespace, names.PYTORCHJOB_PLURAL, name, body=body)
         except ApiException as error:
-            if is_status(error, 404):
+            if is_status(error, 404) or (uid and is_status(error, 409)):
                 return False
             raise
         return True

@@ -2,8 +2,8 @@
 
 Everything that defines the training — model, data, training hyperparameters, resources, metrics port — is
 fixed once the PyTorchJob exists: applying it would silently restart or corrupt the run, ignoring it would lie.
-So the operator keeps the child as it is and says so in a SpecChangeRejected condition. suspend, earlyStopping
-and queueName are applied to a running job.
+So the operator keeps the child as it is and says so in a SpecChangeRejected condition. suspend, earlyStopping,
+queueName and recovery are applied to a running job.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 IMMUTABLE_SECTIONS = ("model", "data", "training", "resources", "metrics")
-MUTABLE_SECTIONS = ("suspend", "earlyStopping", "queueName")
+MUTABLE_SECTIONS = ("suspend", "earlyStopping", "queueName", "recovery")
 
 
 def immutable_part(spec: Mapping[str, Any]) -> dict[str, Any]:

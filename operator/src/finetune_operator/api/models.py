@@ -238,6 +238,32 @@ class EarlyStoppingSpec(SpecModel):
     """How often the operator evaluates the policy."""
 
 
+class RecoverySpec(SpecModel):
+    """Automatic resume after failures that are not the run's fault.
+
+    A pod evicted, preempted (by the scheduler or Kueue), lost with its node, or a trainer killed by SIGKILL/SIGTERM
+    (not its container's own memory limit): the operator deletes the failed PyTorchJob and creates it again, and
+    the trainer resumes from the newest complete checkpoint. A bad recipe (exit 2), a non-finite loss (exit 3),
+    any other exit code, an OOM kill of the container, or an early stop never restart.
+    """
+
+    rules = (
+        Rule(
+            cel="self.backoffSeconds <= self.maxBackoffSeconds",
+            holds=lambda r: r.backoff_seconds <= r.max_backoff_seconds,
+            message="backoffSeconds must not exceed maxBackoffSeconds",
+            field="backoffSeconds",
+        ),
+    )
+
+    max_restarts: int = Field(default=3, ge=0, le=100)
+    """How many times the run is restarted after such failures; 0 disables automatic resume."""
+    backoff_seconds: int = Field(default=30, ge=0, le=86_400)
+    """Wait before the first restart; doubled for each further one."""
+    max_backoff_seconds: int = Field(default=600, ge=0, le=86_400)
+    """The longest wait between restarts."""
+
+
 class MetricsSpec(SpecModel):
     """The trainer's Prometheus endpoint (served by rank 0)."""
 
@@ -260,6 +286,8 @@ class FineTuneJobSpec(Recipe):
     """Suspend the run: pods are deleted (GPUs freed) and recreated on resume."""
     queue_name: Label | None = None
     """Kueue LocalQueue to submit to (sets the kueue.x-k8s.io/queue-name label)."""
+    recovery: RecoverySpec = RecoverySpec()
+    """Automatic resume from the newest checkpoint after evictions, preemptions, lost nodes and kills."""
 
     def recipe(self) -> Recipe:
         """The trainer's part of the spec, re-validated as a Recipe (it is one by inheritance)."""
@@ -350,6 +378,19 @@ class Verdict(SpecModel):
     """When the policy was evaluated (RFC 3339)."""
 
 
+class RestartRecord(SpecModel):
+    """One automatic restart: when, why, and which PyTorchJob (by uid) it replaced."""
+
+    time: ShortText
+    """When the failed PyTorchJob was deleted for the restart (RFC 3339)."""
+    reason: ShortText
+    """The failure's class: PodEvicted, PodPreempted, NodeLost, PodDisrupted, Killed."""
+    message: Annotated[str, StringConstraints(max_length=1024)] = ""
+    """What failed, from the pods' statuses."""
+    replaced_uid: ShortText
+    """uid of the PyTorchJob the restart replaced (a restart is counted once per failed child)."""
+
+
 class FineTuneJobStatus(SpecModel):
     """Observed state, written by the operator."""
 
@@ -377,6 +418,10 @@ class FineTuneJobStatus(SpecModel):
     """Latest training throughput in loss-counted tokens per second."""
     early_stopping: Verdict | None = None
     """The early-stopping verdict with its evidence."""
+    restarts: int | None = Field(default=None, ge=0)
+    """Automatic restarts so far (spec.recovery)."""
+    restart_history: Annotated[list[RestartRecord], Field(max_length=16)] = []
+    """Why each automatic restart happened (the newest 16)."""
     start_time: str | None = None
     """When the training started running (RFC 3339)."""
     completion_time: str | None = None

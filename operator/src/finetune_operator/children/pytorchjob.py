@@ -29,7 +29,7 @@ from finetune_trainer.config import recipe_json
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-dev/finetune-trainer:0.1.0"
 
-CONTAINER_NAME = "pytorch"  # the training-operator only injects its env into the container of this name
+CONTAINER_NAME = names.TRAINER_CONTAINER
 PYTORCHJOB_PORT = 23456
 BACKOFF_LIMIT = 3
 MAX_DNS_LABEL = 63

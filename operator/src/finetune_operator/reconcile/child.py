@@ -19,7 +19,7 @@ from finetune_operator.api import FineTuneJob, JobPhase, changes
 from finetune_operator.api.validation import InvalidInputError, validate_manifest
 from finetune_operator.children.pytorchjob import render
 from finetune_operator.kube import ApiException, is_status, owned_by, owner_reference
-from finetune_operator.reconcile import status
+from finetune_operator.reconcile import recovery, status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
 
 APPLIED_SPEC = "finetune.dev/applied-spec"
@@ -53,6 +53,10 @@ def sync_child(ctx: Context, job: Manifest) -> None:
             return  # refused by the API server: the job is Failed with the server's reason
     elif not owned_by(child, job):
         wait_for_foreign_child(ctx, job, child)
+    elif recovery.recovering(status_of(job)) is not None and (
+        status.phase_from_child(child) == JobPhase.Failed or child["metadata"].get("deletionTimestamp")
+    ):
+        recovery.restart(ctx, job, child)  # raises: called again until the new child exists
     rejected = rejected_paths(child, model)
     apply_mutable(ctx, child, model)
     record(ctx, job, child, rejected)
@@ -85,6 +89,8 @@ def create_or_adopt(ctx: Context, job: Manifest, model: FineTuneJob, rendered: M
             raise kopf.TemporaryError("PyTorchJob vanished while adopting it", delay=1) from error
         if not owned_by(existing, job):
             wait_for_foreign_child(ctx, job, existing)
+        if existing["metadata"].get("deletionTimestamp"):  # our failed child, still going after a restart
+            raise kopf.TemporaryError(f"PyTorchJob {name} is still being deleted", delay=2) from error
         return existing
     return created  # its Event is the phase transition's ("phase - -> Pending: its PyTorchJob is ...")
 
@@ -195,7 +201,8 @@ def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) ->
         }
         if current.get("phase") is None or _condition_true(current, INVALID_SPEC):
             out["phase"] = str(status.phase_from_child(child))
-        return out
+        restarted = recovery.after_new_child(current | {"conditions": conditions}, child, ctx.now())
+        return out | restarted
 
     update_status(ctx, job["metadata"]["namespace"], job["metadata"]["name"], change, known=job)
 

@@ -5,33 +5,56 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from finetune_operator.api import JobPhase
+from finetune_operator.decisions.recovery import classify
 from finetune_operator.kube import parent_of
 from finetune_operator.metrics.operator import instrumented
-from finetune_operator.reconcile import pod_creation, status
+from finetune_operator.reconcile import pod_creation, recovery, status
 from finetune_operator.reconcile.common import Context, Manifest, status_of, update_status
 
 
 @instrumented("mirror")
-def mirror_child(ctx: Context, child: Manifest, cached: Callable[[str, str], Manifest | None] | None = None) -> None:
+def mirror_child(
+    ctx: Context,
+    child: Manifest,
+    cached: Callable[[str, str], Manifest | None] | None = None,
+    schedule: Callable[[str, str, float], object] | None = None,
+) -> None:
     """Called on every PyTorchJob event; a no-op write when nothing changed.
 
     `cached(namespace, name)`: the FineTuneJob as last seen on the watch, tried before a GET (update_status guards
-    every write with its resourceVersion, so a stale copy costs a conflict and a fresh read, never a lost write)."""
+    every write with its resourceVersion, so a stale copy costs a conflict and a fresh read, never a lost write).
+    A failed child whose failure a restart can help puts the job in recovery instead (reconcile/recovery.py), and
+    `schedule(namespace, name, delay)` asks for the sync that restarts it when the backoff is over."""
     parent = parent_of(child)
     if parent is None:
         return
     namespace, name, uid = parent
     details = ""
+    failure = None
     if status.phase_from_child(child) == JobPhase.Failed:
-        details = status.failure_details(ctx.kube.child_pods(namespace, child["metadata"]["name"]))
+        pods = ctx.kube.child_pods(namespace, child["metadata"]["name"])
+        details = status.failure_details(pods)
+        failure = classify(pods)
+    restart_in: list[float] = []
 
     def change(job: Manifest) -> Manifest | None:
+        restart_in.clear()
         if job["metadata"].get("uid") != uid:
             return None  # a new FineTuneJob of the same name; this child belongs to the old one
+        if str(child["metadata"].get("uid")) in recovery.replaced_uids(status_of(job)):
+            return None  # the failed child of a restart, on its way out
+        if failure is not None:
+            planned = recovery.planned_restart(job, child, failure, ctx.now())
+            if planned is not None:
+                restart_in.append(recovery.seconds_left({**job, "status": status_of(job) | planned}, ctx.clock()))
+                return planned
+            return mirrored_status(status_of(job), child, details + recovery.exhausted_note(job, failure), ctx.now())
         return mirrored_status(status_of(job), child, details, ctx.now())
 
     known = cached(namespace, name) if cached else None
     update_status(ctx, namespace, name, change, known=known, confirm_noop=False)
+    if restart_in and schedule is not None:
+        schedule(namespace, name, restart_in[0])
 
 
 def mirrored_status(current: Manifest, child: Manifest, details: str, now: str) -> Manifest:
