@@ -211,6 +211,24 @@ def test_two_processes_match_one_process(reference_run: Path, tmp_path, parallel
         assert two["samples"] == one["samples"] == 16
 
 
+def test_checkpoints_by_time_are_agreed_by_the_ranks(tmp_path) -> None:
+    """checkpoint.intervalMinutes on 2 gloo ranks: saves happen by the clock (no step interval set), every rank
+    joins each collective save (a disagreement would hang until the timeout or fail), and each is complete."""
+    out = tmp_path / "out"
+    spec = recipe(maxSteps=16, checkpoint={"intervalMinutes": 0.003, "keepLast": 100})  # 0.18 s
+    code, output = finish(launch(spec, out, nproc=2), timeout=240)
+    assert code == 0, output
+    saved = [event for event in events(out) if event["event"] == "checkpoint"]
+    assert len(saved) >= 2, output
+    steps_saved = [event["step"] for event in saved]
+    assert steps_saved == sorted(set(steps_saved))
+    assert all(0 < step < 16 for step in steps_saved)
+    for step in steps_saved:
+        assert (out / f"checkpoint-{step}" / "COMPLETE").is_file()
+    times = [event["time"] for event in saved]
+    assert all(later - earlier >= 0.18 * 0.9 for earlier, later in zip(times, times[1:], strict=False))
+
+
 def test_kill_and_resume_reproduces_the_uninterrupted_losses(reference_run: Path, tmp_path) -> None:
     out = tmp_path / "out"
     process = launch(recipe(maxSteps=4, checkpoint={"intervalSteps": 2}), out)

@@ -150,6 +150,9 @@ class CheckpointSpec(SpecModel):
 
     interval_steps: int = Field(default=0, ge=0, le=10_000_000)
     """Save every this many optimizer steps; 0 saves only at the end (and on SIGTERM)."""
+    interval_minutes: float = Field(default=0.0, ge=0.0, le=10_080.0)
+    """Also save once this many minutes have passed since the last save (or the start), so a preemption or a lost
+    node costs at most that much training whatever a step takes; 0 disables."""
     output_dir: Path = "/output"
     """Directory in the container for checkpoints and the metrics JSONL (mount a PVC to keep them)."""
     keep_last: int = Field(default=2, ge=1, le=1000)

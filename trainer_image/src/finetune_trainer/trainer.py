@@ -100,6 +100,7 @@ class Trainer:
         self.options = options
         self.stop_requested = False
         self.step = 0
+        self.last_save = time.monotonic()  # a start (or a resume) counts as a save for checkpoint.intervalMinutes
         self.losses: list[float] = []
         self.eval_samples: list[Sample] = []
 
@@ -233,7 +234,9 @@ class Trainer:
                 raise NonFiniteError(
                     f"loss/grad norm non-finite for {nonfinite_streak} consecutive steps at step {self.step}"
                 )
-            checkpoint_now = bool(interval) and self.step % interval == 0 and self.step < self.total_steps
+            checkpoint_now = self.step < self.total_steps and (
+                (bool(interval) and self.step % interval == 0) or self.checkpoint_time_due()
+            )
             if checkpoint_now:
                 self.save_checkpoint()
             if self.step < self.total_steps and (checkpoint_now or self.eval_due(self.step)):
@@ -379,7 +382,17 @@ class Trainer:
         self.logger.log_eval(self.step, loss)
         return loss
 
+    def checkpoint_time_due(self) -> bool:
+        """checkpoint.intervalMinutes passed since the last save. Ranks' clocks differ and a save is collective,
+        so the ranks agree (one scalar all-reduce a step, only when the interval is set)."""
+        minutes = self.recipe.training.checkpoint.interval_minutes
+        if not minutes:
+            return False
+        due = time.monotonic() - self.last_save >= minutes * 60
+        return any_rank(due, self.world.device)
+
     def save_checkpoint(self) -> Path:
+        self.last_save = time.monotonic()
         path = ckpt.save_checkpoint(
             self.options.output_dir,
             self.step,

@@ -4,9 +4,10 @@ Why the choices below:
 - The recipe travels as JSON in the FINETUNE_RECIPE env var of the `pytorch` container. It is part of the
   PyTorchJob itself, so it is created, versioned and garbage-collected atomically with the job — no ConfigMap
   that can be missing, stale, or left behind.
-- `restartPolicy: Never`: a failed trainer fails the job at once, with its exit code in the FineTuneJob's
+- `restartPolicy: Never`: a failed trainer fails the PyTorchJob at once, with its exit code in the FineTuneJob's
   status; nothing burns GPU-hours retrying an OOM or bad data. Re-creating the job resumes from the newest
-  complete checkpoint. Not `ExitCode`: the training-operator v1.9 recreates pods on exit codes >= 128 (an OOM
+  complete checkpoint, which the operator does for failures that are not the run's own (reconcile/recovery.py).
+  Not `ExitCode`: the training-operator v1.9 recreates pods on exit codes >= 128 (an OOM
   kill) without ever applying the backoff limit, so such a run loops forever; and not `OnFailure`, whose
   in-place restarts hide the failed pod's exit code behind a restart count (both found by the cluster tests).
 - `cleanPodPolicy: Running`: when the job ends, pods still running are deleted (their GPUs freed); finished pods
