@@ -41,6 +41,21 @@ def endless(handler: BaseHTTPRequestHandler) -> None:
         return
 
 
+def dripping(handler: BaseHTTPRequestHandler) -> None:
+    """A valid /metrics page trickled a few bytes every 0.1 s (under any read timeout), for 10 s in all."""
+    page = b"finetune_train_loss 1.0\n" * 200
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(page)))
+    handler.end_headers()
+    try:
+        for start in range(0, len(page), 48):
+            handler.wfile.write(page[start : start + 48])
+            handler.wfile.flush()
+            time.sleep(0.1)
+    except OSError:
+        return
+
+
 def silent(handler: BaseHTTPRequestHandler) -> None:
     """Accepts the request and never answers."""
     time.sleep(5)
@@ -108,6 +123,21 @@ def test_an_endpoint_that_never_answers_times_out(serve: Callable[[Answer], str]
     )
     started = time.monotonic()
     with pytest.raises(MetricsUnavailableError, match="timed out"):
+        fetch()
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("kind", ["prometheus", "scrape"])
+def test_an_endpoint_that_trickles_is_cut_off_at_the_total_deadline(serve: Callable[[Answer], str], kind: str) -> None:
+    """Each read gets bytes within the 0.5 s timeout; the answer as a whole would take 10 s."""
+    url = serve(dripping)
+    fetch: Callable[[], object] = (
+        (lambda: PrometheusSource(url, timeout_seconds=0.5).fetch("ns", "job"))
+        if kind == "prometheus"
+        else (lambda: ScrapeSource(timeout_seconds=0.5).fetch("ns", "job", url + "/metrics"))
+    )
+    started = time.monotonic()
+    with pytest.raises(MetricsUnavailableError, match="answered too slowly"):
         fetch()
     assert time.monotonic() - started < 4
 

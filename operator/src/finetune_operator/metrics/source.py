@@ -39,16 +39,31 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 """Most an answer (a /metrics page, a Prometheus result) may be: a bigger one is a broken endpoint, not data."""
 
 
+TOTAL_DEADLINE_FACTOR = 3
+"""A whole answer must arrive within this many timeouts: the socket timeout bounds each read, not an endpoint that
+trickles a byte just often enough to never trip it (a stuck proxy, a swapping Prometheus)."""
+READ_CHUNK = 64 * 1024
+
+
 def read_body(url: str, timeout_seconds: float, what: str) -> bytes:
-    """The body of a GET, bounded in size; any failure to get a usable one is MetricsUnavailableError."""
+    """The body of a GET, bounded in size and in total time; any failure to get a usable one is
+    MetricsUnavailableError."""
+    deadline = time.monotonic() + TOTAL_DEADLINE_FACTOR * timeout_seconds
+    chunks: list[bytes] = []
+    size = 0
     try:
         with urllib.request.urlopen(url, timeout=timeout_seconds) as response:
-            body: bytes = response.read(MAX_BODY_BYTES + 1)
+            while chunk := response.read1(READ_CHUNK):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise MetricsUnavailableError(f"{what}: answered more than {MAX_BODY_BYTES:,} bytes")
+                if time.monotonic() > deadline:
+                    limit = TOTAL_DEADLINE_FACTOR * timeout_seconds
+                    raise MetricsUnavailableError(f"{what}: answered too slowly ({size:,} bytes in {limit:.1f}s)")
     except (OSError, urllib.error.URLError, ValueError) as error:
         raise MetricsUnavailableError(f"{what}: {error}") from error
-    if len(body) > MAX_BODY_BYTES:
-        raise MetricsUnavailableError(f"{what}: answered more than {MAX_BODY_BYTES:,} bytes")
-    return body
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)
