@@ -7,6 +7,7 @@ report the same problem in the same words.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,7 @@ def validate_manifest(document: Any, source: str = "") -> FineTuneJob:
     """A FineTuneJob from one parsed YAML/JSON document, or InvalidInputError listing every problem."""
     if not isinstance(document, Mapping):
         raise InvalidInputError([FieldError("", "a FineTuneJob must be a mapping", show_value(document), source)])
+    refuse_non_json_numbers(document, source)
     try:
         return FineTuneJob.model_validate_json(wire_json(document), strict=True)
     except ValidationError as error:
@@ -91,6 +93,7 @@ def validate_sweep_manifest(document: Any, source: str = "") -> FineTuneSweep:
     (schema errors by field path; trial errors by the sweep value that caused them)."""
     if not isinstance(document, Mapping):
         raise InvalidInputError([FieldError("", "a FineTuneSweep must be a mapping", show_value(document), source)])
+    refuse_non_json_numbers(document, source)
     try:
         sweep = FineTuneSweep.model_validate_json(wire_json(document), strict=True)
     except ValidationError as error:
@@ -106,6 +109,27 @@ def validate_any(document: Any, source: str = "") -> FineTuneJob | FineTuneSweep
     if isinstance(document, Mapping) and document.get("kind") == SWEEP_KIND:
         return validate_sweep_manifest(document, source)
     return validate_manifest(document, source)
+
+
+NON_JSON_NUMBER = "NaN and infinite numbers cannot reach the API server: JSON has no such number"
+
+
+def refuse_non_json_numbers(document: Mapping[str, Any], source: str = "") -> None:
+    """YAML's .nan/.inf parse, JSON cannot carry them (kubectl refuses the file): refused here too, by path — also
+    where the schema keeps any value (model.config), which no field rule would catch."""
+    found = [FieldError(field_path(at), NON_JSON_NUMBER, repr(value), source) for at, value in _non_finite(document)]
+    if found:
+        raise InvalidInputError(found)
+
+
+def _non_finite(node: Any, path: tuple[int | str, ...] = ()) -> list[tuple[tuple[int | str, ...], float]]:
+    if isinstance(node, float):
+        return [] if math.isfinite(node) else [(path, node)]
+    if isinstance(node, Mapping):
+        return [found for key, value in node.items() for found in _non_finite(value, (*path, str(key)))]
+    if isinstance(node, list | tuple):
+        return [found for index, value in enumerate(node) for found in _non_finite(value, (*path, index))]
+    return []
 
 
 def wire_json(document: Mapping[str, Any]) -> str:
