@@ -27,8 +27,7 @@ from tests.cluster.components import free_port
 from tests.cluster.controlplane import Cluster
 from tests.cluster.nodeagent_handle import NodeAgentHandle
 from tests.cluster.operator_process import ConfiguredOperator as Operator
-from tests.cluster.operator_process import apply_crd
-from tests.cluster.operator_process import stop_cleanly
+from tests.cluster.operator_process import apply_crd, stop_cleanly
 from tests.cluster.pytorchjobs import get_pytorchjob
 from tests.cluster.trainer_jobs import create_ftj, get_ftj, trainer_job
 
