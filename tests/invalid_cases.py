@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_operator.api.quantity import POSITIVE_RULE as QUANTITY_RULE
-from tests.manifests import minimal_job
+from tests.manifests import SHARED_OUTPUT, minimal_job
 
 
 @dataclass(frozen=True)
@@ -225,6 +225,30 @@ CASES = [
         server_message="Required value",
     ),
     Case("run-as-root", _with("resources.security.runAsUser", 0), "spec.resources.security.runAsUser", "1"),
+    Case(
+        "multi-node-output-on-local-disk",
+        _with("resources.volumes", [], resources={"nodes": 2}),
+        "spec.resources.volumes",
+        "storage every node shares",
+    ),
+    Case(
+        "multi-node-output-on-a-read-only-claim",
+        _with("resources.volumes", [{**SHARED_OUTPUT, "readOnly": True}], resources={"nodes": 2}),
+        "spec.resources.volumes",
+        "storage every node shares",
+    ),
+    Case(
+        "multi-node-output-beside-the-claim",  # /out is not above /output
+        _with("resources.volumes", [{**SHARED_OUTPUT, "mountPath": "/out"}], resources={"nodes": 2}),
+        "spec.resources.volumes",
+        "storage every node shares",
+    ),
+    Case(
+        "multi-node-cache-dir-on-local-disk",
+        _with("data.cacheDir", "/scratch/cache", resources={"nodes": 3}),
+        "spec.resources.volumes",
+        "storage every node shares",
+    ),
     Case(
         "security-profile-privileged",
         _with("resources.security.profile", "privileged"),

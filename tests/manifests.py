@@ -24,6 +24,10 @@ TINY_LLAMA = {
 """A Llama-style config small enough to train for a few steps on 2 CPU cores in seconds."""
 
 
+SHARED_OUTPUT = {"name": "output", "claimName": "shared-output", "mountPath": "/output"}
+"""A ReadWriteMany volume at the default checkpoint.outputDir, as a multi-node job must have."""
+
+
 def minimal_job(name: str = "job", **spec_overrides: Any) -> dict[str, Any]:
     """The smallest valid FineTuneJob manifest; keyword arguments replace whole spec sections."""
     spec: dict[str, Any] = {
@@ -31,4 +35,7 @@ def minimal_job(name: str = "job", **spec_overrides: Any) -> dict[str, Any]:
         "data": {"datasets": [{"path": "/data/train.jsonl"}]},
     }
     spec.update(copy.deepcopy(spec_overrides))
+    resources = spec.get("resources")
+    if isinstance(resources, dict) and isinstance(resources.get("nodes"), int) and resources["nodes"] > 1:
+        resources.setdefault("volumes", [SHARED_OUTPUT])  # multi-node jobs need shared storage for their output
     return {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}

@@ -37,6 +37,7 @@ from tests.cluster.pytorchjobs import (
     job_pods,
     wait_running,
 )
+from tests.cluster.storage import shared_output_claim
 from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj
 from tests.cluster.waiting import stays, wait_for
 from tests.manifests import REPO_ROOT, minimal_job
@@ -292,6 +293,7 @@ def test_running_then_succeeded_with_mirrored_conditions_and_events(
     operator_process: OperatorProcess, api: client.ApiClient, namespace: str
 ) -> None:
     name = "lifecycle"
+    shared_output_claim(api, namespace)
     create_ftj(api, namespace, small_job(name, nodes=2, gpus=1))
     wait_running(api, namespace, name, count=2)
     ftj = wait_phase(operator_process, api, namespace, name, "Running")
@@ -359,6 +361,7 @@ def test_deleting_the_finetunejob_garbage_collects_child_and_pods(
     operator_process: OperatorProcess, api: client.ApiClient, namespace: str
 ) -> None:
     name = "doomed"
+    shared_output_claim(api, namespace)
     create_ftj(api, namespace, small_job(name, nodes=2, gpus=1))
     wait_running(api, namespace, name, count=2)
     ftj = wait_phase(operator_process, api, namespace, name, "Running")
@@ -382,6 +385,7 @@ def test_suspend_deletes_the_pods_and_resume_brings_them_back(
     operator_process: OperatorProcess, api: client.ApiClient, namespace: str
 ) -> None:
     name = "pausable"
+    shared_output_claim(api, namespace)
     create_ftj(api, namespace, small_job(name, nodes=2, gpus=1))
     wait_running(api, namespace, name, count=2)
     wait_phase(operator_process, api, namespace, name, "Running")

@@ -35,6 +35,7 @@ from tests.cluster.test_operator import (
 )
 from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj
 from tests.cluster.waiting import stays, wait_for
+from tests.manifests import SHARED_OUTPUT
 
 pytestmark = pytest.mark.cluster
 
@@ -88,7 +89,9 @@ def test_exactly_one_child_through_immutable_and_mutable_changes(
 ) -> None:
     name = job_name(length)
     assert len(name) == length
-    create_ftj(api, namespace, small_job(name, nodes=1))
+    job = small_job(name, nodes=1)
+    job["spec"]["resources"]["volumes"] = [SHARED_OUTPUT]  # so that the node-count edit below passes the CRD
+    create_ftj(api, namespace, job)
     child = operator_process.wait_for(lambda: child_of(api, namespace, name), 30, f"{name}'s child recorded")
     assert child == child_name(name)
     first = get_pytorchjob(api, namespace, child)["metadata"]["uid"]

@@ -39,5 +39,8 @@ def test_mutable_changes_are_not_reported() -> None:
 
 def test_resources_are_immutable() -> None:
     before = FineTuneJob.model_validate(minimal_job())
-    after = FineTuneJob.model_validate(minimal_job(resources={"nodes": 2}))
-    assert changed_paths(applied_spec(before), applied_spec(after)) == ["spec.resources.nodes"]
+    after = FineTuneJob.model_validate(minimal_job(resources={"nodes": 2}))  # with the shared output volume
+    assert changed_paths(applied_spec(before), applied_spec(after)) == [
+        "spec.resources.nodes",
+        "spec.resources.volumes",
+    ]

@@ -19,7 +19,7 @@ from finetune_operator.reconcile.child import (
     sync_child,
 )
 from finetune_operator.reconcile.common import Context
-from tests.manifests import minimal_job
+from tests.manifests import SHARED_OUTPUT, minimal_job
 from tests.operator.fake_kube import FakeKube, api_error
 
 NS = "ns"
@@ -37,7 +37,8 @@ def ctx(fake: FakeKube) -> Context:
 
 
 def job_with(fake: FakeKube, name: str = "job", **spec: Any) -> dict[str, Any]:
-    return fake.add_job(minimal_job(name, resources={"nodes": 1, "gpusPerNode": 1}, **spec), NS)
+    resources = {"nodes": 1, "gpusPerNode": 1, "volumes": [SHARED_OUTPUT]}  # so node-count edits stay valid
+    return fake.add_job(minimal_job(name, resources=resources, **spec), NS)
 
 
 def conditions(fake: FakeKube, name: str) -> dict[str, dict[str, Any]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, StringConstraints
 
@@ -248,7 +248,7 @@ class TrainingSpec(SpecModel):
 class Recipe(SpecModel):
     """What to train and how: the part of a FineTuneJob that the trainer receives."""
 
-    rules = (
+    rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel="self.training.strategy == 'phased' || (has(self.data.datasets) && size(self.data.datasets) >= 1)",
             holds=lambda r: r.training.strategy == Strategy.phased or len(r.data.datasets) >= 1,

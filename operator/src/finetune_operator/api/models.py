@@ -7,7 +7,7 @@ the operator validates exactly what the trainer will parse.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
@@ -273,8 +273,63 @@ class MetricsSpec(SpecModel):
     """Prometheus that scrapes this job, overriding the operator's --prometheus-url (e.g. a team's own)."""
 
 
+def _covers(mount: str, path: str) -> bool:
+    """A mount at `mount` holds `path` (a trailing slash on the mount is the same mount)."""
+    mount = mount.rstrip("/") or "/"
+    return path == mount or path.startswith(mount if mount == "/" else mount + "/")
+
+
+def _shared_paths(spec: FineTuneJobSpec) -> list[str]:
+    """What rank 0 writes and the other nodes read: checkpoints (and by default the tokenized-data cache under
+    them), and an explicit data.cacheDir."""
+    paths = [str(spec.training.checkpoint.output_dir)]
+    if spec.data.cache_dir is not None:
+        paths.append(str(spec.data.cache_dir))
+    return paths
+
+
+def _on_shared_storage(spec: FineTuneJobSpec) -> bool:
+    if spec.resources.nodes <= 1:
+        return True
+    writable = [volume.mount_path for volume in spec.resources.volumes if not volume.read_only]
+    return all(any(_covers(mount, path) for mount in writable) for path in _shared_paths(spec))
+
+
+def _cel_covered(path: str) -> str:
+    """CEL for `_covers` over the writable volumes (double-quoted strings: the CRD's YAML keeps them as written)."""
+    return (
+        f"self.resources.volumes.exists(v, !(has(v.readOnly) && v.readOnly) && ({path} == v.mountPath || "
+        f'{path} + "/" == v.mountPath || {path}.startsWith(v.mountPath.endsWith("/") ? v.mountPath : '
+        f'v.mountPath + "/")))'
+    )
+
+
+SHARED_STORAGE_MESSAGE = (
+    "a multi-node job (resources.nodes > 1) needs training.checkpoint.outputDir, and data.cacheDir when set, on "
+    "storage every node shares: rank 0 writes the tokenized data and the checkpoints that the other nodes read, "
+    "so on node-local disks they would wait for files that never come. Mount a ReadWriteMany "
+    "PersistentVolumeClaim (not readOnly) at or above them in resources.volumes"
+)
+
+
 class FineTuneJobSpec(Recipe):
     """A supervised fine-tuning run: the recipe (model, data, training) plus where and how it runs."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        *Recipe.rules,
+        Rule(
+            cel=(
+                "self.resources.nodes <= 1 || (has(self.resources.volumes) && "
+                + _cel_covered("self.training.checkpoint.outputDir")
+                + " && (!has(self.data.cacheDir) || "
+                + _cel_covered("self.data.cacheDir")
+                + "))"
+            ),
+            holds=_on_shared_storage,
+            message=SHARED_STORAGE_MESSAGE,
+            field="resources.volumes",
+        ),
+    )
 
     resources: ResourcesSpec = ResourcesSpec()
     """Pods, GPUs and scheduling."""
