@@ -37,7 +37,8 @@ MAX_DNS_LABEL = 63
 LONGEST_POD_SUFFIX = len(f"-worker-{MAX_NODES - 2}")
 """The training-operator names pods <job>-master-0 and <job>-worker-0 ... <job>-worker-(nodes-2)."""
 
-TRAINER_COMMAND = ["torchrun", "--module", names.TRAINER_MODULE]
+TRAINER_COMMAND = ["python", "-m", f"{names.TRAINER_MODULE}.launch", "--module", names.TRAINER_MODULE]
+"""torchrun through the trainer's launcher, which keeps the workers' exit code (torchrun alone exits 1)."""
 
 Manifest = dict[str, Any]
 
