@@ -10,13 +10,13 @@ after the restart continuing from the newest complete checkpoint at the time of 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from kubernetes import client
 
@@ -67,6 +67,13 @@ def steps(output_dir: Path) -> list[int]:
     return found
 
 
+def trainer_workers(pids: list[int]) -> list[psutil.Process]:
+    """The pod's torchrun workers: children of its launcher (`python -m finetune_trainer.launch`)."""
+    processes = [psutil.Process(pid) for pid in pids]
+    launchers = {p.pid for p in processes if "finetune_trainer.launch" in " ".join(p.cmdline())}
+    return [p for p in processes if p.ppid() in launchers]
+
+
 def recovery_job(name: str, output_dir: Path, **recovery: Any) -> dict[str, Any]:
     training = {"maxSteps": MAX_STEPS, "checkpoint": {"outputDir": str(output_dir), "intervalSteps": CHECKPOINT_EVERY}}
     manifest = trainer_job(name, output_dir, free_port(), training=training, early_stopping={"enabled": False})
@@ -93,11 +100,11 @@ def test_a_killed_trainer_resumes_from_its_newest_checkpoint_and_succeeds(
 
     operator.wait_for(lambda: max(steps(output), default=0) >= KILL_AFTER_STEP, TIMEOUT_S, "steps past 2 checkpoints")
     first_uid = get_pytorchjob(api, namespace, child_name(name))["metadata"]["uid"]
-    processes = node_agent.pod_processes(pod)
-    assert processes, f"no trainer process for {pod}"
-    for pid in processes:
-        os.kill(pid, signal.SIGKILL)
-    time.sleep(0.5)  # nothing more is written once the processes are gone
+    workers = trainer_workers(node_agent.pod_processes(pod))
+    assert workers, f"no trainer worker process for {pod}"
+    for worker in workers:  # the trainer, not the pod's launcher: what a host's OOM killer picks
+        worker.send_signal(signal.SIGKILL)
+    psutil.wait_procs(workers, timeout=10)
     killed_at = max(steps(output))
     resume = latest_checkpoint(output)
     assert resume is not None
