@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.cluster import components
 from tests.cluster.components import FAKE_NODE_ANNOTATION, Ports
@@ -80,6 +81,7 @@ class Cluster:
     processes: list[Process] = field(default_factory=list)
     written: dict[Path, bytes] = field(default_factory=dict)  # files outside state_dir we own
     die_with_parent: bool = True
+    pki: Pki | None = field(default=None, repr=False)
 
     @property
     def kubeconfig(self) -> Path:
@@ -113,7 +115,7 @@ class Cluster:
     def _start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
-        pki = make_pki(self.state_dir / "pki")
+        pki = self.pki = make_pki(self.state_dir / "pki")
         self._write_kubeconfig(pki)
         argv = components.Argv(self.cache / "bin", self.state_dir, self.kubeconfig, self.ports, pki)
         self._run("etcd", argv.etcd())
@@ -197,6 +199,33 @@ class Cluster:
         self.kubectl("apply", "-f", "-", stdin=json.dumps(gpu_node_manifest(name, gpus, product)))
         self.wait_condition(f"node/{name}", "Ready")
 
+    def restart_apiserver(self, while_down: Callable[[], None] | None = None) -> float:
+        """FAULT INJECTION: stop kube-apiserver (etcd and every other component keep running), call `while_down`,
+        start it again with the same flags and wait until it is ready. Returns the seconds it was down."""
+        assert self.pki is not None, "the cluster was not started by this process"
+        index, old = next((i, p) for i, p in enumerate(self.processes) if p.name == "kube-apiserver")
+        stop_all([old])
+        stopped = time.monotonic()
+        if while_down is not None:
+            while_down()
+        argv = components.Argv(self.cache / "bin", self.state_dir, self.kubeconfig, self.ports, self.pki)
+        log = self.state_dir / "logs" / "kube-apiserver.log"
+        self.processes[index] = spawn("kube-apiserver", argv.apiserver(), log, die_with_parent=self.die_with_parent)
+        self._write_state()
+        pki = self.pki
+        self._wait("kube-apiserver after a restart", lambda: self._api_ok(pki, "/readyz"))
+        return time.monotonic() - stopped
+
+    def compact_etcd(self) -> int:
+        """FAULT INJECTION: compact etcd's history up to its current revision (etcd's JSON gateway), so a watch
+        resuming from an older resourceVersion gets 410 Gone. Returns the revision."""
+        base = f"http://127.0.0.1:{self.ports.etcd_client}/v3/kv"
+        key = base64.b64encode(b"/").decode()
+        header = _post_json(f"{base}/range", {"key": key, "limit": 1})["header"]
+        revision = int(header["revision"])
+        _post_json(f"{base}/compaction", {"revision": revision, "physical": True})
+        return revision
+
     def _run(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
         log = self.state_dir / "logs" / f"{name}.log"
         self.processes.append(spawn(name, argv, log, env=env, die_with_parent=self.die_with_parent))
@@ -272,6 +301,15 @@ def gpu_node_manifest(name: str, gpus: int, product: str = GPU_PRODUCT) -> dict[
         "spec": {},
         "status": {"capacity": resources, "allocatable": resources},
     }
+
+
+def _post_json(url: str, body: dict[str, object]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:

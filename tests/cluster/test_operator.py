@@ -323,13 +323,14 @@ def test_running_then_succeeded_with_mirrored_conditions_and_events(
     assert all(e.type == "Normal" for e in events if e.reason in ("Pending", "Running", "Succeeded"))
 
 
-@pytest.mark.parametrize("exit_code", [137, 1], ids=["exit-137-oom-killed", "exit-1-permanent"])
+@pytest.mark.parametrize("exit_code", [137, 1], ids=["exit-137-killed-no-restarts-left", "exit-1-permanent"])
 def test_failed_pod_fails_the_job_naming_pod_and_exit_code(
     operator_process: OperatorProcess, api: client.ApiClient, namespace: str, exit_code: int
 ) -> None:
-    """137 is what an OOM kill looks like; 1 is a crash the training-operator never retries."""
+    """137 is a kill from outside: restarted by default (tests/cluster/test_recovery.py), so here with no restarts
+    allowed; 1 is a crash that is never restarted nor retried by the training-operator."""
     name = f"crash-{exit_code}"
-    create_ftj(api, namespace, small_job(name, nodes=1, gpus=1))
+    create_ftj(api, namespace, small_job(name, nodes=1, gpus=1, recovery={"maxRestarts": 0}))
     wait_running(api, namespace, name, count=1)
     wait_phase(operator_process, api, namespace, name, "Running")
     pod = f"{name}-master-0"
@@ -349,6 +350,8 @@ def test_failed_pod_fails_the_job_naming_pod_and_exit_code(
     assert pod in failed["message"], failed
     # The exit code as a number in the message ("exit code 137", "exited with code 137"), not e.g. "code 1370".
     assert re.search(rf"\bcode {exit_code}\b", failed["message"]), failed
+    if exit_code == 137:
+        assert "not restarted: spec.recovery.maxRestarts is 0" in failed["message"], failed
     assert ftj["status"].get("completionTime"), ftj["status"]
     events = wait_events(operator_process, api, namespace, name, {"Failed"})
     assert {e.type for e in events if e.reason == "Failed"} == {"Warning"}
