@@ -12,6 +12,7 @@ single process, DDP and FSDP2 (DTensor shards are gathered, never saved rank-loc
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -36,6 +37,7 @@ from finetune_contract.checkpoints import (
     ResumePoint,
     checkpoint_dirs,
     checkpoint_name,
+    latest_checkpoint,
 )
 
 STATE_FILE = "trainer_state.pt"
@@ -78,17 +80,39 @@ def save_checkpoint(
     if rank == 0:
         tmp = output_dir / f"{checkpoint_name(step)}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_hf(tmp, hf_model, tokenizer, model_state, dtype)
-        state = {"step": step, "optimizer": optim_state, "rng": rng_state()}
-        torch.save({**state, **extra}, tmp / STATE_FILE)
-        (tmp / COMPLETE_MARKER).write_text(f"{step}\n")
-        _fsync_dir(tmp)
+        try:
+            tmp.mkdir(parents=True)
+            save_hf(tmp, hf_model, tokenizer, model_state, dtype)
+            state = {"step": step, "optimizer": optim_state, "rng": rng_state()}
+            torch.save({**state, **extra}, tmp / STATE_FILE)
+            (tmp / COMPLETE_MARKER).write_text(f"{step}\n")
+            _fsync_dir(tmp)
+        except (OSError, RuntimeError) as error:
+            shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the previous checkpoint stays the newest
+            raise _write_failure(output_dir, step, error) from error
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         _fsync_dir(output_dir)
     _barrier()
     return target
+
+
+LOW_SPACE_BYTES = 64 * 1024 * 1024
+"""Free space under which a failed write is reported as a full disk."""
+
+
+def _write_failure(output_dir: Path, step: int, error: BaseException) -> BaseException:
+    """A full disk said in words: torch.save reports ENOSPC as "enforce fail ... unexpected pos"."""
+    free = shutil.disk_usage(output_dir).free
+    if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or free < LOW_SPACE_BYTES:
+        newest = latest_checkpoint(output_dir)
+        kept = f"checkpoint-{newest.step} stays the newest complete one" if newest else "no checkpoint was complete"
+        return OSError(
+            errno.ENOSPC,
+            f"the disk under {output_dir} is full ({free:,} bytes free) while writing the checkpoint of step "
+            f"{step}; the partial copy was removed and {kept} ({type(error).__name__}: {error})",
+        )
+    return error
 
 
 def save_hf(path: Path, hf_model: Any, tokenizer: Any, model_state: dict[str, Any], dtype: torch.dtype) -> None:
