@@ -21,7 +21,7 @@ import pytest
 from kubernetes import client
 
 from finetune_contract.checkpoints import METRICS_FILE, latest_checkpoint
-from finetune_contract.records import KIND, KIND_STEP
+from finetune_contract.records import KIND, KIND_EVENT, KIND_STEP
 from finetune_operator.children.pytorchjob import child_name
 from tests.cluster.components import free_port
 from tests.cluster.controlplane import Cluster
@@ -79,6 +79,16 @@ def recovery_job(name: str, output_dir: Path, **recovery: Any) -> dict[str, Any]
     manifest = trainer_job(name, output_dir, free_port(), training=training, early_stopping={"enabled": False})
     manifest["spec"]["recovery"] = {"backoffSeconds": 1, **recovery}
     return manifest
+
+
+def events_of(output_dir: Path, event: str) -> list[dict[str, Any]]:
+    """The trainer's event records of one kind (checkpoint, interrupted, resumed …) from metrics.jsonl."""
+    found = []
+    for line in (output_dir / METRICS_FILE).read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get(KIND) == KIND_EVENT and record.get("event") == event:
+            found.append(record)
+    return found
 
 
 def pytorchjobs(api: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
@@ -160,3 +170,36 @@ def test_a_run_that_fails_on_its_own_is_not_restarted(
     assert "exited with code 2" in conditions["Failed"]["message"]
     assert not events(api, namespace, name, "Restarting")
     assert len(pytorchjobs(api, namespace)) == 1
+
+
+def test_a_deleted_trainer_pod_checkpoints_and_the_run_resumes_losing_nothing(
+    api: client.ApiClient, namespace: str, operator: Operator, node_agent: NodeAgentHandle, tmp_path: Path
+) -> None:
+    """A node drained, a pod deleted by hand or by a preemption: SIGTERM, the trainer checkpoints at the step it
+    reached, the pod comes back (the training-operator recreates a missing pod; or, if the pod's failure was seen
+    first, the operator restarts the run) and the run resumes from that very step."""
+    name, output = "drained", tmp_path / "out"
+    create_ftj(api, namespace, recovery_job(name, output))
+    pod = f"{child_name(name)}-master-0"
+    operator.wait_for(lambda: max(steps(output), default=0) >= KILL_AFTER_STEP, TIMEOUT_S, "steps past 2 checkpoints")
+    first_uid = get_pytorchjob(api, namespace, child_name(name))["metadata"]["uid"]
+    client.CoreV1Api(api).delete_namespaced_pod(pod, namespace)
+
+    def succeeded() -> dict[str, Any] | None:
+        status = get_ftj(api, namespace, name).get("status") or {}
+        return status if status.get("phase") == "Succeeded" else None
+
+    try:
+        status = operator.wait_for(succeeded, TIMEOUT_S, "Succeeded after the pod was deleted")
+    except Exception as error:
+        raise AssertionError(f"{error}\nstatus: {get_ftj(api, namespace, name).get('status')}") from None
+    assert steps(output) == list(range(1, MAX_STEPS + 1)), "every step once: nothing lost, nothing repeated"
+    stopped = [event["step"] for event in events_of(output, "interrupted")]
+    resumed = [event["step"] for event in events_of(output, "resumed")]
+    assert len(stopped) == 1, stopped
+    assert resumed == stopped, "resumed from the checkpoint taken at SIGTERM, the last step reached"
+    assert status.get("restarts", 0) <= 1, status
+    children = pytorchjobs(api, namespace)
+    assert len(children) == 1, children
+    if not status.get("restarts"):
+        assert children[0]["metadata"]["uid"] == first_uid

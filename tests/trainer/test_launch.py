@@ -65,3 +65,22 @@ def test_a_worker_killed_by_sigkill_exits_137(tmp_path: Path) -> None:
             process.kill()
             time.sleep(0.5)
     assert process.returncode == 137, output
+
+
+def test_a_stopped_pod_exits_143_after_the_trainer_checkpointed(tmp_path: Path) -> None:
+    """SIGTERM to the launcher (what the kubelet sends PID 1 when the pod is deleted or drained): torchrun passes it
+    to the trainer, which checkpoints; the pod exits 143 — never 0, which would read as a finished run."""
+    spec = tmp_path / "recipe.json"
+    spec.write_text(json.dumps(recipe(maxSteps=100_000)))
+    out = tmp_path / "out"
+    process = launcher(spec, out)
+    try:
+        wait_for(lambda: (out / "metrics.jsonl").is_file() and "step" in (out / "metrics.jsonl").read_text(), 180)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, output
+    assert "stopped by SIGTERM" in output
+    assert any(path.name.startswith("checkpoint-") for path in out.iterdir()), output

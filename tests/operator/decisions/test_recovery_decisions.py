@@ -81,8 +81,23 @@ def test_only_the_trainer_container_counts_and_running_pods_are_ignored() -> Non
     assert not classify([sidecar_killed]).retriable
     running = {"metadata": {"name": "job-worker-0"}, "status": {"phase": "Running"}}
     assert pod_failure(running) is None
-    assert classify([running]).reason == "Unknown"
-    assert classify([]).retriable is False
+
+
+def test_a_deleted_pod_was_taken_away_unless_the_trainer_had_its_own_verdict() -> None:
+    """A drain or `kubectl delete pod`: SIGTERM, the trainer checkpoints, exits 143 (or anything but its verdicts)."""
+    deleting = {"name": "job-master-0", "deletionTimestamp": "2026-12-01T12:00:00Z"}
+    assert (classify([{**pod(**exited(143)), "metadata": deleting}]).reason) == "PodDeleted"
+    assert classify([{**pod(**exited(1)), "metadata": deleting}]).retriable
+    assert classify([{**pod(), "metadata": deleting}]).reason == "PodDeleted"
+    assert not classify([{**pod(**exited(2)), "metadata": deleting}]).retriable
+
+
+def test_a_failed_run_whose_failed_pod_is_gone_was_taken_away() -> None:
+    """The training-operator saw the pod fail, then the pod was deleted before the operator looked."""
+    running = {"metadata": {"name": "job-worker-0"}, "status": {"phase": "Running"}}
+    for pods in ([], [running]):
+        failure = classify(pods)
+        assert (failure.retriable, failure.reason) == (True, "PodGone")
 
 
 def test_backoff_doubles_and_is_capped() -> None:

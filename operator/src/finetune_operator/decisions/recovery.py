@@ -8,7 +8,9 @@ or data; exit 3: non-finite loss), any other exit code, and an OOM kill by the c
 same batch needs the same memory).
 
 When several pods failed, one taken away is enough: the other ranks of a multi-node run die of it (NCCL errors,
-exit 1), and those are consequences, not causes.
+exit 1), and those are consequences, not causes. A pod being deleted (a drain, `kubectl delete pod`) was taken
+away too, whatever its exit code — unless the trainer had already given its own verdict (2, 3); and a failed run
+whose failed pod is gone altogether was taken away by whoever deleted it.
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def classify(pods: Iterable[Mapping[str, Any]]) -> Failure:
         return retriable[0]
     if causes:
         return causes[0]
-    return Failure(False, "Unknown", "no failed pod says why (they may have been deleted)")
+    # The child failed and no failed pod is left to say why: someone deleted it (a drain, a preemption, the pod
+    # garbage collector after a lost node, a person) — the run was taken away, as by an eviction.
+    return Failure(True, "PodGone", "the failed pod is gone (deleted: a drain, a preemption, a lost node, by hand)")
 
 
 def pod_failure(pod: Mapping[str, Any]) -> Failure | None:
@@ -80,12 +84,17 @@ def pod_failure(pod: Mapping[str, Any]) -> Failure | None:
     if pod_reason in POD_REASONS:
         return Failure(True, POD_REASONS[pod_reason], f"pod {name}: {pod_reason}: {status.get('message', '')}".strip())
     terminated = _trainer_termination(status)
+    deleted = bool((pod.get("metadata") or {}).get("deletionTimestamp"))
     if terminated is None:
+        if deleted:
+            return Failure(True, "PodDeleted", f"pod {name} was deleted while it ran")
         return Failure(False, pod_reason or "PodFailed", f"pod {name} failed: {status.get('message', '')}".strip())
     code = terminated.get("exitCode")
     why = str(terminated.get("reason") or "")
     if why == "OOMKilled":
         return Failure(False, "OOMKilled", f"pod {name}: the trainer exceeded its container's memory limit")
+    if deleted and code not in TRAINER_EXIT_CODES:
+        return Failure(True, "PodDeleted", f"pod {name} was deleted while it ran (the trainer exited {code})")
     if code in KILLED_EXIT_CODES:
         return Failure(True, "Killed", f"pod {name}: the trainer was killed ({KILLED_EXIT_CODES[code]}, exit {code})")
     what = TRAINER_EXIT_CODES.get(code) if isinstance(code, int) else None
