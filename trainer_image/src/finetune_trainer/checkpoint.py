@@ -106,7 +106,7 @@ def _write_failure(output_dir: Path, step: int, error: BaseException) -> BaseExc
     free = shutil.disk_usage(output_dir).free
     if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or free < LOW_SPACE_BYTES:
         newest = latest_checkpoint(output_dir)
-        kept = f"checkpoint-{newest.step} stays the newest complete one" if newest else "no checkpoint was complete"
+        kept = f"{newest.path.name} stays the newest complete one" if newest else "no checkpoint was complete"
         return OSError(
             errno.ENOSPC,
             f"the disk under {output_dir} is full ({free:,} bytes free) while writing the checkpoint of step "
