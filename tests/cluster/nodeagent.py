@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -373,8 +374,8 @@ class NodeAgent:
             try:
                 self.sync()
                 self.heartbeat()
-            except (ApiException, OSError) as error:  # the API server slow or restarting: next pass
-                log.warning("sync failed: %s", error)
+            except (ApiException, OSError, urllib3.exceptions.HTTPError) as error:  # the API server slow or
+                log.warning("sync failed: %s", error)  # restarting (a kubelet rides out an outage): next pass
             time.sleep(LOOP_S)
         self.shutdown()
 

@@ -11,6 +11,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,12 +24,23 @@ from tests.cluster.operator_process import OperatorProcess
 from tests.cluster.pytorchjobs import job_pods
 from tests.cluster.test_operator import GROUP, PLURAL, VERSION, children, patch_spec, small_job
 from tests.cluster.trainer_jobs import create_ftj
-from tests.cluster.waiting import stays
+from tests.cluster.waiting import stays, wait_for
 
 pytestmark = pytest.mark.cluster
 JOBS = int(os.environ.get("FAULT_JOBS", 24))  # the kwok nodes hold 32 one-GPU pods
 KILLS = int(os.environ.get("FAULT_KILLS", 6))
 CONVERGE_S = 120
+
+
+@pytest.fixture(autouse=True)
+def cleared(api: client.ApiClient, namespace: str, pytorchjob_garbage_collection: None) -> Iterator[None]:
+    """After each test: its jobs deleted and their pods gone (the kwok nodes' GPUs are the next tests')."""
+    yield
+    custom = client.CustomObjectsApi(api)
+    for job in list_ftjs(api, namespace):
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job["metadata"]["name"])
+    pods = client.CoreV1Api(api)
+    wait_for(lambda: not pods.list_namespaced_pod(namespace).items, 120, f"the pods of {namespace} to go")
 
 
 def list_ftjs(api: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
