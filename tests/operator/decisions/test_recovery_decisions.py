@@ -104,3 +104,15 @@ def test_backoff_doubles_and_is_capped() -> None:
     assert [backoff_seconds(done, 30, 600) for done in range(7)] == [30, 60, 120, 240, 480, 600, 600]
     assert backoff_seconds(10_000, 1, 86_400) == 86_400
     assert backoff_seconds(3, 0, 600) == 0
+
+
+def test_a_pod_that_failed_on_its_own_outweighs_one_deleted_after_it() -> None:
+    """Master exits 1 (a bug); the training-operator then deletes the still-running worker (cleanPodPolicy), which
+    exits 143 while being deleted: a bug, not a restart."""
+    master = pod("job-master-0", **exited(1))
+    worker = {**pod("job-worker-0", **exited(143)), "metadata": {"name": "job-worker-0", "deletionTimestamp": "x"}}
+    for order in ([master, worker], [worker, master]):
+        failure = classify(order)
+        assert (failure.retriable, failure.reason) == (False, "TrainerFailed")
+    evicted = pod("job-worker-1", reason="Evicted")
+    assert classify([master, worker, evicted]).reason == "PodEvicted"  # a real eviction still wins

@@ -213,3 +213,15 @@ def test_the_failed_child_still_terminating_is_waited_for_not_adopted(fake: Fake
         sync_child(ctx, fake.job_manifest(NS, NAME))
     fake.delete_child = real_delete  # type: ignore[method-assign]
     assert job(fake)["status"]["restarts"] == 1
+
+
+def test_a_job_that_already_failed_is_never_revived(fake: FakeKube, ctx: Context) -> None:
+    """A job Failed before (e.g. under an operator version without automatic resume): seeing its failed child again
+    at an operator start must not restart it."""
+    start(fake, ctx)
+    job(fake)["status"]["phase"] = "Failed"
+    scheduled: Scheduled = []
+    fail_child(fake, ctx, scheduled)
+    assert scheduled == []
+    assert job(fake)["status"]["phase"] == "Failed"
+    assert "Recovering" not in conditions(fake)

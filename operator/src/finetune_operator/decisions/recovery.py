@@ -8,9 +8,10 @@ or data; exit 3: non-finite loss), any other exit code, and an OOM kill by the c
 same batch needs the same memory).
 
 When several pods failed, one taken away is enough: the other ranks of a multi-node run die of it (NCCL errors,
-exit 1), and those are consequences, not causes. A pod being deleted (a drain, `kubectl delete pod`) was taken
-away too, whatever its exit code — unless the trainer had already given its own verdict (2, 3); and a failed run
-whose failed pod is gone altogether was taken away by whoever deleted it.
+exit 1), and those are consequences, not causes. A pod being deleted (a drain, `kubectl delete pod`) or a failed
+run whose failed pod is gone altogether was taken away by whoever deleted it — but only when no pod failed on its
+own: the training-operator deletes the still-running pods of a job that failed (cleanPodPolicy), and that must not
+turn a bug into a restart.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ DISRUPTION_REASONS = {
 }
 """The DisruptionTarget pod condition's reasons (Kubernetes ≥ 1.26) → our restart reason; others: PodDisrupted."""
 KILLED_EXIT_CODES = {137: "SIGKILL", 143: "SIGTERM"}
+WEAK_REASONS = ("PodDeleted", "PodGone")
+"""Taken away, as far as anyone can tell — but a pod is also deleted by the training-operator itself once the job
+failed (cleanPodPolicy), so these explain a failure only when no pod failed on its own."""
 TRAINER_EXIT_CODES = {2: "bad recipe or data", 3: "non-finite loss"}
 
 
@@ -60,11 +64,13 @@ def classify(pods: Iterable[Mapping[str, Any]]) -> Failure:
         cause = pod_failure(pod)
         if cause is not None:
             causes.append(cause)
-    retriable = [cause for cause in causes if cause.retriable]
-    if retriable:
-        return retriable[0]
-    if causes:
-        return causes[0]
+    for chosen in (
+        [cause for cause in causes if cause.retriable and cause.reason not in WEAK_REASONS],
+        [cause for cause in causes if not cause.retriable],
+        causes,
+    ):
+        if chosen:
+            return chosen[0]
     # The child failed and no failed pod is left to say why: someone deleted it (a drain, a preemption, the pod
     # garbage collector after a lost node, a person) — the run was taken away, as by an eviction.
     return Failure(True, "PodGone", "the failed pod is gone (deleted: a drain, a preemption, a lost node, by hand)")

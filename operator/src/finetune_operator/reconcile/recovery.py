@@ -30,6 +30,7 @@ logger = logging.getLogger("finetune_operator.reconcile.recovery")
 RECOVERING = "Recovering"
 HISTORY_KEPT = 16
 DELETION_POLL_SECONDS = 2
+ENDED = (str(JobPhase.EarlyStopped), str(JobPhase.Failed), str(JobPhase.Succeeded))
 
 
 def settings(job: Manifest) -> RecoverySpec:
@@ -57,8 +58,8 @@ def planned_restart(job: Manifest, child: Manifest, failure: Failure, now: str) 
     """Status fields that put a failed run on its way to a restart (pure); None when it stays Failed: the failure
     is the run's own, the job was early-stopped, or no restart is left."""
     current = status_of(job)
-    if current.get("phase") == str(JobPhase.EarlyStopped) or not failure.retriable:
-        return None
+    if current.get("phase") in ENDED or not failure.retriable:
+        return None  # an ended job stays ended: e.g. one that failed before this operator version, at its start
     config = settings(job)
     done = int(current.get("restarts") or 0)
     if done >= config.max_restarts:
