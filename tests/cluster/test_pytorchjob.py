@@ -22,6 +22,7 @@ from tests.cluster.pytorchjobs import (
     wait_condition,
     wait_running,
 )
+from tests.cluster.storage import shared_output_claim
 from tests.manifests import JOB_EXAMPLES, minimal_job
 
 pytestmark = pytest.mark.cluster
@@ -87,6 +88,8 @@ def _finetunejob(namespace: str, nodes: int, gpus: int) -> dict[str, Any]:
 @pytest.mark.parametrize(("nodes", "gpus"), [(1, 8), (3, 4)])
 def test_rendered_pytorchjob_runs_on_gpu_nodes(api: client.ApiClient, namespace: str, nodes: int, gpus: int) -> None:
     manifest = render_pytorchjob(_finetunejob(namespace, nodes, gpus))
+    if nodes > 1:
+        shared_output_claim(api, namespace)  # a multi-node job's output is on a shared claim (tests/manifests.py)
     created = create_pytorchjob(api, namespace, manifest)
     name = created["metadata"]["name"]
     pods = wait_running(api, namespace, name, count=nodes)
