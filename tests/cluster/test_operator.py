@@ -37,7 +37,7 @@ from tests.cluster.pytorchjobs import (
     job_pods,
     wait_running,
 )
-from tests.cluster.storage import shared_output_claim
+from tests.cluster.storage import bound_claims, shared_output_claim
 from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj
 from tests.cluster.waiting import stays, wait_for
 from tests.manifests import REPO_ROOT, minimal_job
@@ -200,47 +200,6 @@ def test_operator_is_live_and_logs_json_lines_to_stderr(operator_process: Operat
 # -- the examples on fake GPU nodes ---------------------------------------------------------------------------
 
 
-def _bound_claims(api: client.ApiClient, namespace: str, claims: list[str]) -> list[str]:
-    """A pre-bound PersistentVolume + Claim per name: the scheduler refuses pods whose PVC does not exist
-    ("persistentvolumeclaim ... not found"), and an unbound one would wait for a provisioner we do not run."""
-    core = client.CoreV1Api(api)
-    volumes = []
-    for claim in claims:
-        volume = f"{namespace}-{claim}"[:63]
-        core.create_persistent_volume(
-            {
-                "metadata": {"name": volume},
-                "spec": {
-                    "capacity": {"storage": "1Gi"},
-                    "accessModes": ["ReadWriteMany", "ReadOnlyMany"],
-                    "storageClassName": "",
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "hostPath": {"path": f"/nonexistent/{volume}"},  # never mounted: kwok runs no containers
-                    "claimRef": {"namespace": namespace, "name": claim},
-                },
-            }
-        )
-        volumes.append(volume)
-        core.create_namespaced_persistent_volume_claim(
-            namespace,
-            {
-                "metadata": {"name": claim},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "volumeName": volume,
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            },
-        )
-    wait_for(
-        lambda: all(core.read_namespaced_persistent_volume_claim(c, namespace).status.phase == "Bound" for c in claims),
-        60,
-        f"PVCs {claims} Bound",
-    )
-    return volumes
-
-
 @pytest.mark.parametrize("example", ["single-node-8gpu.yaml", "multi-node-phased.yaml"])
 def test_example_becomes_a_pytorchjob_on_fake_gpu_nodes(
     operator_process: OperatorProcess, cluster: Cluster, api: client.ApiClient, namespace: str, example: str
@@ -256,7 +215,7 @@ def test_example_becomes_a_pytorchjob_on_fake_gpu_nodes(
     priority_class = resources.get("priorityClassName")
     if priority_class:
         scheduling.create_priority_class({"metadata": {"name": priority_class}, "value": 1000})
-    volumes = _bound_claims(api, namespace, [volume["claimName"] for volume in resources.get("volumes", [])])
+    volumes = bound_claims(api, namespace, [volume["claimName"] for volume in resources.get("volumes", [])])
     try:
         cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest))
         child = child_name(name)

@@ -113,14 +113,16 @@ def test_a_huge_answer_is_refused_after_the_limit_not_read_whole(serve: Callable
         ScrapeSource(timeout_seconds=5).fetch("ns", "job", serve(endless) + "/metrics")
 
 
+def fetcher(kind: str, url: str) -> Callable[[], object]:
+    """One fetch through Prometheus or a direct scrape, with a 0.5 s timeout."""
+    if kind == "prometheus":
+        return lambda: PrometheusSource(url, timeout_seconds=0.5).fetch("ns", "job")
+    return lambda: ScrapeSource(timeout_seconds=0.5).fetch("ns", "job", url + "/metrics")
+
+
 @pytest.mark.parametrize("kind", ["prometheus", "scrape"])
 def test_an_endpoint_that_never_answers_times_out(serve: Callable[[Answer], str], kind: str) -> None:
-    url = serve(silent)
-    fetch: Callable[[], object] = (
-        (lambda: PrometheusSource(url, timeout_seconds=0.5).fetch("ns", "job"))
-        if kind == "prometheus"
-        else (lambda: ScrapeSource(timeout_seconds=0.5).fetch("ns", "job", url + "/metrics"))
-    )
+    fetch = fetcher(kind, serve(silent))
     started = time.monotonic()
     with pytest.raises(MetricsUnavailableError, match="timed out"):
         fetch()
@@ -130,12 +132,7 @@ def test_an_endpoint_that_never_answers_times_out(serve: Callable[[Answer], str]
 @pytest.mark.parametrize("kind", ["prometheus", "scrape"])
 def test_an_endpoint_that_trickles_is_cut_off_at_the_total_deadline(serve: Callable[[Answer], str], kind: str) -> None:
     """Each read gets bytes within the 0.5 s timeout; the answer as a whole would take 10 s."""
-    url = serve(dripping)
-    fetch: Callable[[], object] = (
-        (lambda: PrometheusSource(url, timeout_seconds=0.5).fetch("ns", "job"))
-        if kind == "prometheus"
-        else (lambda: ScrapeSource(timeout_seconds=0.5).fetch("ns", "job", url + "/metrics"))
-    )
+    fetch = fetcher(kind, serve(dripping))
     started = time.monotonic()
     with pytest.raises(MetricsUnavailableError, match="answered too slowly"):
         fetch()
