@@ -100,6 +100,22 @@ class NodeAgentHandle:
             return "(no container log)"
         return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-lines:])
 
+    def lose(self) -> list[int]:
+        """The machine is gone: its pods' processes die with no word to anyone, and its kubelet (the agent) stops
+        reporting — no pod status, no heartbeat; the Node and its pods stay as they were on the API server.
+
+        The agent is frozen first (SIGSTOP): it would otherwise see its pods exit and report them Failed, and its
+        pods (PR_SET_PDEATHSIG) would be sent SIGTERM, which lets the trainer checkpoint — a graceful stop, not a
+        loss. Returns the pod processes killed."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+        killed = self.pod_processes()
+        for pid in killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        os.kill(self.process.pid, signal.SIGKILL)
+        stop_all([self.process])  # reaps it
+        return killed
+
     def stop(self) -> list[int]:
         """SIGTERM the agent (it stops its pods and unregisters); return pod processes left (then killed)."""
         stop_all([self.process])

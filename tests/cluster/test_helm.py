@@ -384,13 +384,16 @@ def test_cluster_identity_is_least_privilege(cluster_release: Release, tmp_path:
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("create", "events", "default"),
         ("list", "events", None),  # the FailedCreatePod check: one field-selected LIST for all jobs
+        ("list", "nodes", None),  # the lost-node check: a table LIST, then a GET per node not Ready
+        ("get", "nodes", None),
     ):
         assert can(verb, resource, where), f"cannot {verb} {resource} in {where}"
     for verb, resource, where in (
         ("get", "secrets", ns),
         ("list", "secrets", None),
         ("delete", "nodes", None),
-        ("get", "nodes", None),
+        ("patch", "nodes", None),
+        ("watch", "nodes", None),
         ("create", "pods", ns),
         ("watch", "pods", None),
         ("update", "finetunejobs.finetune.dev/status", "default"),
@@ -435,6 +438,8 @@ def test_namespaced_identity_is_confined(namespaced_release: Release) -> None:
         assert not can(verb, resource, None), f"may {verb} {resource} cluster-wide in namespaced mode"
     assert can("list", "customresourcedefinitions.apiextensions.k8s.io", None)  # Kopf's CRD scan
     assert can("watch", "namespaces", None)  # Kopf matches its namespace patterns against the live list
+    assert can("list", "nodes", None)
+    assert not can("patch", "nodes", None)
     for ns in watched:
         namespaced_release.cluster.kubectl("get", "role,rolebinding", namespaced_release.fullname, "-n", ns)
     assert namespaced_release.cluster.kubectl("get", "role", "-n", other, "-o", "name").stdout.strip() == ""

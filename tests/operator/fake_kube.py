@@ -39,6 +39,8 @@ class FakeKube:
         self.refuse_events: ApiException | None = None
         self.pods: dict[tuple[str, str], list[Manifest]] = {}  # (namespace, child) -> its pods
         self.sweeps: dict[tuple[str, str], Manifest] = {}
+        self.nodes: dict[str, Manifest] = {}  # name -> Node (its Ready condition is what the table shows)
+        self.refuse_nodes: ApiException | None = None
         self._versions = itertools.count(1)
 
     # -- FineTuneJobs ------------------------------------------------------------------------------------------
@@ -186,9 +188,42 @@ class FakeKube:
         self.calls.append("list_child_events")
         return [event for event in self.child_events if event.get("reason") == reason]
 
+    # -- Nodes: the table the API server prints, and the pods bound to a node --------------------------------------
+
+    def node_table(self) -> Manifest:
+        self.calls.append("node_table")
+        if self.refuse_nodes is not None:
+            raise self.refuse_nodes
+        rows = [
+            {"cells": [name, _node_status_text(node), "<none>", "1m", "v1.34"]} for name, node in self.nodes.items()
+        ]
+        columns = [{"name": column} for column in ("Name", "Status", "Roles", "Age", "Version")]
+        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "columnDefinitions": columns, "rows": rows}
+
+    def get_node(self, name: str) -> Manifest | None:
+        self.calls.append("get_node")
+        return copy.deepcopy(self.nodes.get(name))
+
+    def pods_on_node(self, namespaces: tuple[str, ...], node: str) -> list[Manifest]:
+        self.calls.append(f"pods_on_node {node}")
+        return [
+            copy.deepcopy(pod)
+            for (namespace, _), pods in self.pods.items()
+            for pod in pods
+            if (pod.get("spec") or {}).get("nodeName") == node and (not namespaces or namespace in namespaces)
+        ]
+
     def job_manifest(self, namespace: str, name: str) -> Manifest:
         """The job as the watch would deliver it now."""
         return copy.deepcopy(self.jobs[(namespace, name)])
+
+
+def _node_status_text(node: Manifest) -> str:
+    """kubectl's status column: Ready / NotReady (False or Unknown) / Unknown (no Ready condition)."""
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return "Ready" if condition.get("status") == "True" else "NotReady"
+    return "Unknown"
 
 
 def _merge(target: Manifest, patch: Manifest) -> None:

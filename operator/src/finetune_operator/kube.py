@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -12,6 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from finetune_contract import names
 from finetune_operator.api import GROUP, PLURAL, VERSION
 from finetune_operator.api.sweep import SWEEP_PLURAL
+from finetune_operator.decisions import node_loss
 
 CHILD = (names.PYTORCHJOB_GROUP, names.PYTORCHJOB_VERSION)
 Manifest = dict[str, Any]
@@ -169,6 +171,38 @@ class Kube:
             namespace, label_selector=f"{names.TRAINING_OPERATOR_JOB_LABEL}={child_name}"
         )
         return [self.api.sanitize_for_serialization(pod) for pod in pods.items]  # type: ignore[no-untyped-call]
+
+    def node_table(self) -> Manifest:
+        """All Nodes as the server's table (name and kubectl's status text per row), from the watch cache."""
+        response: Any = self.core.list_node(  # _preload_content=False: the raw response, not a V1NodeList
+            resource_version="0", _preload_content=False, _headers={"Accept": node_loss.TABLE_ACCEPT}
+        )
+        return cast(Manifest, json.loads(response.data))
+
+    def get_node(self, name: str) -> Manifest | None:
+        try:
+            node = self.core.read_node(name)
+        except ApiException as error:
+            if is_status(error, 404):
+                return None
+            raise
+        return cast(Manifest, self.api.sanitize_for_serialization(node))  # type: ignore[no-untyped-call]
+
+    def pods_on_node(self, namespaces: tuple[str, ...], node: str) -> list[Manifest]:
+        """The training-operator's pods bound to `node` (every namespace, or the watched ones)."""
+        fields, labels = f"spec.nodeName={node}", names.TRAINING_OPERATOR_JOB_LABEL
+        if namespaces:
+            listed = [
+                self.core.list_namespaced_pod(namespace, field_selector=fields, label_selector=labels)
+                for namespace in namespaces
+            ]
+        else:
+            listed = [self.core.list_pod_for_all_namespaces(field_selector=fields, label_selector=labels)]
+        return [
+            self.api.sanitize_for_serialization(pod)  # type: ignore[no-untyped-call]
+            for listing in listed
+            for pod in listing.items
+        ]
 
 
 def owner_reference(job: Manifest) -> Manifest:

@@ -33,6 +33,7 @@ from finetune_operator.metrics.source import (
 )
 from finetune_operator.reconcile import status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
+from finetune_operator.reconcile.node_loss import check_lost_nodes
 from finetune_operator.reconcile.pod_creation import check_pod_creation
 
 logger = logging.getLogger("finetune_operator.reconcile.early_stop")
@@ -81,12 +82,18 @@ class Evaluator:
     _failures: dict[tuple[str, str], int] = field(default_factory=dict)
     _stopped: set[tuple[str, str, str]] = field(default_factory=set)
     _pods_due: float = 0.0
+    _nodes_readable: bool = True
 
     def tick(self, jobs: list[Manifest]) -> None:
         now = self.ctx.clock().timestamp()
         if now >= self._pods_due:
             self._pods_due = now + self.ctx.config.pod_check_interval_seconds
             check_pod_creation(self.ctx, jobs)
+            if self._nodes_readable:
+                try:
+                    self._nodes_readable = check_lost_nodes(self.ctx, jobs)
+                except Exception:  # a failed check must not hold up the scoring below
+                    logger.exception("lost-node check failed")
         for job in jobs:
             key = (job["metadata"]["namespace"], job["metadata"]["name"])
             phase = status_of(job).get("phase")
