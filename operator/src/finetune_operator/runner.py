@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import faulthandler
 import json
 import logging
 import os
@@ -77,6 +78,7 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 def run_operator(config: OperatorConfig) -> int:
     limit_malloc_arenas()
     setup_logging(config.log_format)
+    faulthandler.enable()  # a fatal signal (SIGSEGV, SIGABRT) prints every thread's Python stack to stderr first
     import finetune_operator.handlers  # noqa: F401 - registers the handlers with Kopf
 
     metrics = OperatorMetrics()
@@ -96,4 +98,18 @@ def run_operator(config: OperatorConfig) -> int:
         liveness_endpoint=config.liveness_endpoint,
         memo=memo,
     )
-    return 0
+    exit_without_finalizing(0)
+    return 0  # not reached
+
+
+def exit_without_finalizing(code: int) -> None:
+    """End the process once Kopf has stopped, without the interpreter's finalization.
+
+    Kopf's cleanup has run by now (loops cancelled, watches closed); what finalization would add is tearing down
+    modules under threads that may still be alive — the metrics server's daemon threads, a handler thread finishing
+    a request — which is where a Python process dies with SIGABRT at exit ("Fatal Python error … at interpreter
+    shutdown, possibly due to daemon threads"). Logs and stdio are flushed first; nothing else is pending."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
