@@ -84,11 +84,15 @@ def child_name(name: str) -> str:
 
     Sized for the longest pod name the training-operator can derive from it (`-worker-N` at the largest node
     count the API allows), never for the current `nodes`: a name that moved with `nodes` made a second child when
-    `nodes` changed. The FineTuneJob's own name is kept when it fits; otherwise a prefix plus a hash of the full
-    name, so two long names with a common prefix still get distinct children. Pods and services must be DNS-1035
-    labels (<= 63 characters, starting with a letter).
+    `nodes` changed.
     """
-    budget = MAX_DNS_LABEL - LONGEST_POD_SUFFIX
+    return short_name(name, MAX_DNS_LABEL - LONGEST_POD_SUFFIX)
+
+
+def short_name(name: str, budget: int) -> str:
+    """`name` when it is a DNS-1035 label of at most `budget` characters; otherwise a prefix plus a hash of the
+    full name, so two long names with a common prefix still get distinct children. Pods and services must be
+    DNS-1035 labels (<= 63 characters, starting with a letter)."""
     cleaned = re.sub(r"[^a-z0-9-]", "-", name.lower())
     if cleaned == name and len(name) <= budget and name[0].isalpha():
         return name
