@@ -13,6 +13,7 @@ import yaml
 from finetune_contract import names
 from finetune_operator.api.sweep import FineTuneSweep, plan
 from finetune_operator.children.pytorchjob import render_pytorchjob
+from finetune_operator.children.trainjob import render_trainjob, runtime_manifest
 from tests.invalid_cases import CASES
 from tests.manifests import JOB_EXAMPLES, REPO_ROOT, SWEEP_EXAMPLES, minimal_job
 
@@ -32,6 +33,28 @@ def test_render_prints_one_pytorchjob_per_example() -> None:
     for document, example in zip(documents, JOB_EXAMPLES, strict=True):
         assert document["kind"] == "PyTorchJob"
         assert document == render_pytorchjob(yaml.safe_load(example.read_text()))
+
+
+def test_render_trainjob_backend_and_its_runtime() -> None:
+    result = finetune("render", "--backend", "trainjob", "--runtime", "team-runtime", "examples/quickstart.yaml")
+    assert result.returncode == 0, result.stderr
+    (document,) = yaml.safe_load_all(result.stdout)
+    assert document == render_trainjob(
+        yaml.safe_load((REPO_ROOT / "examples/quickstart.yaml").read_text()), runtime="team-runtime"
+    )
+    runtime = finetune("runtime", "--name", "team-runtime", "--image", "registry.example/trainer:2")
+    assert runtime.returncode == 0, runtime.stderr
+    assert yaml.safe_load(runtime.stdout) == runtime_manifest("team-runtime", "registry.example/trainer:2")
+
+
+def test_render_trainjob_refuses_what_a_trainjob_cannot_carry_by_field() -> None:
+    job = minimal_job("urgent", resources={"priorityClassName": "high"})
+    result = finetune("render", "--backend", "trainjob", "-", stdin=yaml.safe_dump(job))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "FineTuneJob default/urgent: spec.resources.priorityClassName: cannot be set on a TrainJob" in result.stderr
+    assert "(got 'high')" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_render_reads_stdin() -> None:

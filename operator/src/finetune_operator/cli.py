@@ -25,6 +25,7 @@ from finetune_operator.api.validation import (
     validate_any,
     validate_manifest,
 )
+from finetune_operator.children import trainjob
 from finetune_operator.children.pytorchjob import DEFAULT_TRAINER_IMAGE, render
 
 T = TypeVar("T")
@@ -80,16 +81,31 @@ def dump_all(manifests: Sequence[object]) -> str:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    """A FineTuneJob renders as its PyTorchJob; a FineTuneSweep as every trial's FineTuneJob."""
+    """A FineTuneJob renders as its PyTorchJob (or TrainJob); a FineTuneSweep as every trial's FineTuneJob."""
     manifests = [manifest for path in args.files for manifest in load_manifests(path)]
     out: list[object] = []
+    errors: list[FieldError] = []
     for manifest in manifests:
         if isinstance(manifest, FineTuneSweep):
             trials, _ = plan(manifest.metadata.name, manifest.spec)
             out.extend(trial_manifest(manifest, trial) for trial in trials)
+        elif args.backend == "trainjob":
+            try:
+                out.append(trainjob.render(manifest, trainer_image=args.image, runtime=args.runtime))
+            except trainjob.UnsupportedFieldError as error:
+                where = f"FineTuneJob {manifest.metadata.namespace}/{manifest.metadata.name}"
+                errors.append(FieldError(error.path, error.rule, repr(error.value), source=where))
         else:
             out.append(render(manifest, trainer_image=args.image))
+    if errors:
+        raise InvalidInputError(errors)
     sys.stdout.write(dump_all(out))
+    return EXIT_OK
+
+
+def cmd_runtime(args: argparse.Namespace) -> int:
+    """The ClusterTrainingRuntime the TrainJob backend's TrainJobs name (`finetune runtime | kubectl apply -f -`)."""
+    sys.stdout.write(dump_all([trainjob.runtime_manifest(args.name, args.image)]))
     return EXIT_OK
 
 
@@ -176,7 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render_cmd.add_argument("files", nargs="+", metavar="FILE", help="FineTuneJob/FineTuneSweep YAML ('-' for stdin)")
     render_cmd.add_argument("--image", default=DEFAULT_TRAINER_IMAGE, help="trainer image when the spec sets none")
+    render_cmd.add_argument(
+        "--backend",
+        choices=("pytorchjob", "trainjob"),
+        default="pytorchjob",
+        help="the child kind: a Kubeflow PyTorchJob (training-operator v1) or TrainJob (Kubeflow Trainer v2.3)",
+    )
+    render_cmd.add_argument(
+        "--runtime", default=trainjob.RUNTIME_NAME, help="the ClusterTrainingRuntime a TrainJob names"
+    )
     render_cmd.set_defaults(handler=cmd_render)
+    runtime_cmd = commands.add_parser(
+        "runtime", help="print the ClusterTrainingRuntime that TrainJobs rendered by the trainjob backend name"
+    )
+    runtime_cmd.add_argument("--name", default=trainjob.RUNTIME_NAME, help="the runtime's name")
+    runtime_cmd.add_argument("--image", default=DEFAULT_TRAINER_IMAGE, help="the trainer image")
+    runtime_cmd.set_defaults(handler=cmd_runtime)
     validate_cmd = commands.add_parser(
         "validate", help="check FineTuneJob/FineTuneSweep YAML file(s) (every trial of a sweep) without rendering"
     )

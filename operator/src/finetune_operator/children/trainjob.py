@@ -43,6 +43,10 @@ Manifest = dict[str, Any]
 class UnsupportedFieldError(ValueError):
     """A FineTuneJob field the TrainJob backend cannot carry; the message names the field, the value, the rule."""
 
+    def __init__(self, path: str, value: object, rule: str) -> None:
+        super().__init__(f"{path}: {value!r} {rule}")
+        self.path, self.value, self.rule = path, value, rule
+
 
 def render_trainjob(
     ftj: Mapping[str, Any], *, trainer_image: str = shared.DEFAULT_TRAINER_IMAGE, runtime: str = RUNTIME_NAME
@@ -96,9 +100,10 @@ def refuse_unsupported(job: FineTuneJob) -> None:
     priority = job.spec.resources.priority_class_name
     if priority:
         raise UnsupportedFieldError(
-            f"spec.resources.priorityClassName: {priority!r} cannot be set on a TrainJob (the Trainer v2.3 pod patch "
-            "has no priority class); use Kueue's workload priority (label kueue.x-k8s.io/priority-class via "
-            "queueName) or the pytorchjob backend"
+            "spec.resources.priorityClassName",
+            priority,
+            "cannot be set on a TrainJob (the Trainer v2.3 pod patch has no priority class); use Kueue's workload "
+            "priority (label kueue.x-k8s.io/priority-class via queueName) or the pytorchjob backend",
         )
 
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Build Kubeflow Trainer v2 (trainer-controller-manager) and JobSet, the TrainJob backend's controllers, from Go
+# modules only — each as the main package of its own throwaway module, so each keeps the dependency versions it
+# pins — and take their CRDs and webhook registrations from the same module versions.
+#
+# Apart from tests/cluster/build.sh (the Kubernetes control plane) so that changing one never rebuilds the other.
+# Everything lands in the same cache folder OUTSIDE the repository:
+#   bin/trainer-controller-manager  bin/jobset
+#   trainer/crds/*.yaml             (Trainer's and JobSet's CRDs)
+#   trainer/webhooks/{trainer,jobset}.yaml  (their webhook configurations, as shipped)
+#   trainer/STAMP
+#
+# Usage: tests/cluster/build_trainer.sh [--force]
+set -euo pipefail
+
+TRAINER_VERSION="v2.3.0"
+JOBSET_VERSION="v0.12.0"  # the version Trainer v2.3.0 requires
+
+CACHE="${FINETUNE_CLUSTER_CACHE:-$HOME/.cache/finetune-operator/cluster}"
+BIN="$CACHE/bin"
+OUT="$CACHE/trainer"
+export GOCACHE="${FINETUNE_CLUSTER_GOCACHE:-$CACHE/go-build}"
+export CGO_ENABLED=0
+export GOFLAGS="-buildvcs=false -trimpath"
+export GOTOOLCHAIN=local
+
+log() { printf '[build_trainer.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+stamp() {
+    { sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1; go env GOVERSION; } | sha256sum | cut -d' ' -f1
+}
+
+up_to_date() {
+    [[ -f "$OUT/STAMP" && "$(cat "$OUT/STAMP")" == "$(stamp)" ]] || return 1
+    [[ -x "$BIN/trainer-controller-manager" && -x "$BIN/jobset" ]] || return 1
+    [[ -f "$OUT/webhooks/trainer.yaml" && -f "$OUT/webhooks/jobset.yaml" ]] || return 1
+}
+
+# build NAME MODULE@VERSION PACKAGE: `go build PACKAGE` inside a throwaway module requiring only MODULE.
+build() {
+    local name="$1" module="$2" package="$3" src="$CACHE/src-$1"
+    log "building $name from $module"
+    rm -rf "$src" && mkdir -p "$src"
+    printf 'module finetune-operator.local/%s\n\ngo 1.26.0\n' "$name" >"$src/go.mod"
+    (cd "$src" && go get "$module" && go build -ldflags "-s -w" -o "$BIN/$name" "$package")
+}
+
+module_dir() {
+    (cd "$CACHE/src-$1" && go list -m -f '{{.Dir}}' "$2")
+}
+
+main() {
+    if [[ "${1:-}" != "--force" ]] && up_to_date; then
+        log "up to date ($OUT)"
+        return
+    fi
+    mkdir -p "$BIN" "$OUT/crds" "$OUT/webhooks"
+    build trainer-controller-manager "github.com/kubeflow/trainer/v2@$TRAINER_VERSION" \
+        github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager
+    build jobset "sigs.k8s.io/jobset@$JOBSET_VERSION" sigs.k8s.io/jobset
+    local trainer jobset
+    trainer="$(module_dir trainer-controller-manager github.com/kubeflow/trainer/v2)"
+    jobset="$(module_dir jobset sigs.k8s.io/jobset)"
+    rm -f "$OUT"/crds/*.yaml
+    install -m 0644 "$trainer"/manifests/base/crds/trainer.kubeflow.org_*.yaml "$OUT/crds/"
+    install -m 0644 "$jobset"/config/components/crd/bases/*.yaml "$OUT/crds/"
+    install -m 0644 "$trainer/manifests/base/webhook/manifests.yaml" "$OUT/webhooks/trainer.yaml"
+    install -m 0644 "$jobset/config/components/webhook/manifests.yaml" "$OUT/webhooks/jobset.yaml"
+    stamp >"$OUT/STAMP"
+    log "done: $BIN/{trainer-controller-manager,jobset}, $(ls "$OUT/crds" | wc -l) CRDs"
+}
+
+main "$@"

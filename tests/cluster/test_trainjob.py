@@ -1,0 +1,201 @@
+"""TrainJobs (Kubeflow Trainer v2.3) rendered from FineTuneJobs, on the real Trainer and JobSet controllers: their
+webhooks judge the manifests, JobSet makes the Jobs, kube-controller-manager's Job controller the pods, the
+scheduler binds them to kwok GPU nodes. The runtime is ours (`runtime_manifest`), applied as a user would."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from finetune_contract import names
+from finetune_operator.children.trainjob import UnsupportedFieldError, render_trainjob, runtime_manifest
+from tests.cluster.conftest import _skip_or_fail
+from tests.cluster.controlplane import GPU_RESOURCE, Cluster
+from tests.cluster.pytorchjobs import end_pod
+from tests.cluster.storage import shared_output_claim
+from tests.cluster.trainer_v2 import TrainerV2, missing_artifacts, start_trainer_v2
+from tests.cluster.waiting import stays, wait_for
+from tests.manifests import JOB_EXAMPLES, minimal_job
+
+pytestmark = pytest.mark.cluster
+
+TRAINER_IMAGE = "test/trainer:1"
+CONTAINER = names.TRAINJOB_CONTAINER
+
+
+@pytest.fixture(scope="module")
+def trainer_v2(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerV2]:
+    missing = missing_artifacts()
+    if missing:
+        _skip_or_fail(f"Trainer v2 / JobSet not built ({', '.join(missing)}): run tests/cluster/build_trainer.sh")
+    started = start_trainer_v2(cluster, tmp_path_factory.mktemp("trainer-v2"))
+    runtime = yaml.safe_dump(runtime_manifest(trainer_image=TRAINER_IMAGE))
+    try:
+        cluster.kubectl("apply", "-f", "-", stdin=runtime)
+        yield started
+    finally:
+        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", stdin=runtime, check=False)
+        started.stop()
+
+
+def custom(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+def create_trainjob(api: client.ApiClient, namespace: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    created: dict[str, Any] = custom(api).create_namespaced_custom_object(
+        names.TRAINJOB_GROUP, names.TRAINJOB_VERSION, namespace, names.TRAINJOB_PLURAL, body, **kwargs
+    )
+    return created
+
+
+def get_trainjob(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = custom(api).get_namespaced_custom_object(
+        names.TRAINJOB_GROUP, names.TRAINJOB_VERSION, namespace, names.TRAINJOB_PLURAL, name
+    )
+    return found
+
+
+def pods_of(api: client.ApiClient, namespace: str, name: str) -> list[client.V1Pod]:
+    selector = f"{names.JOBSET_NAME_LABEL}={name}"
+    return sorted(
+        client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items,
+        key=lambda pod: pod.metadata.name,
+    )
+
+
+def running_pods(api: client.ApiClient, namespace: str, name: str, count: int) -> list[client.V1Pod]:
+    def running() -> list[client.V1Pod]:
+        pods = [pod for pod in pods_of(api, namespace, name) if pod.status.phase == "Running"]
+        return pods if len(pods) == count else []
+
+    return wait_for(running, 90, f"{count} Running pods of TrainJob {name}")
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for found in (obj.get("status") or {}).get("conditions") or []:
+        if found.get("type") == kind and found.get("status") == "True":
+            return dict(found)
+    return None
+
+
+def env_of(pod: client.V1Pod) -> dict[str, Any]:
+    container = next(c for c in pod.spec.containers if c.name == CONTAINER)
+    return {var.name: var.value if var.value is not None else var.value_from for var in container.env or []}
+
+
+def finetunejob(namespace: str, name: str, nodes: int, gpus: int, **spec: Any) -> dict[str, Any]:
+    job = minimal_job(name, resources={"nodes": nodes, "gpusPerNode": gpus, "cpu": 8, "memory": "64Gi"}, **spec)
+    job["metadata"]["namespace"] = namespace
+    return job
+
+
+@pytest.mark.parametrize("example", JOB_EXAMPLES, ids=lambda path: path.name)
+def test_every_example_renders_to_a_trainjob_the_webhooks_accept(
+    api: client.ApiClient, namespace: str, trainer_v2: TrainerV2, example: Path
+) -> None:
+    """Server-side dry run through Trainer's and the CRD's validation; what TrainJob cannot carry is refused by name."""
+    ftj = yaml.safe_load(example.read_text())
+    ftj["metadata"]["namespace"] = namespace
+    if (ftj["spec"].get("resources") or {}).get("priorityClassName"):
+        with pytest.raises(UnsupportedFieldError, match=r"^spec\.resources\.priorityClassName: "):
+            render_trainjob(ftj, trainer_image=TRAINER_IMAGE)
+        return
+    accepted = create_trainjob(api, namespace, render_trainjob(ftj, trainer_image=TRAINER_IMAGE), dry_run="All")
+    assert accepted["spec"]["trainer"]["numNodes"] == ftj["spec"].get("resources", {}).get("nodes", 1)
+
+
+@pytest.mark.parametrize(("nodes", "gpus"), [(1, 8), (3, 4)])
+def test_rendered_trainjob_runs_on_gpu_nodes_with_the_recipe_and_torchrun_env(
+    api: client.ApiClient, namespace: str, trainer_v2: TrainerV2, nodes: int, gpus: int
+) -> None:
+    ftj = finetunejob(namespace, "rendered", nodes, gpus)
+    if nodes > 1:
+        shared_output_claim(api, namespace)
+    body = render_trainjob(ftj, trainer_image=TRAINER_IMAGE)
+    name = create_trainjob(api, namespace, body)["metadata"]["name"]
+    pods = running_pods(api, namespace, name, nodes)
+    ranks = set()
+    for pod in pods:
+        container = next(c for c in pod.spec.containers if c.name == CONTAINER)
+        assert container.resources.limits[GPU_RESOURCE] == str(gpus)
+        assert container.image == TRAINER_IMAGE
+        assert container.command == body["spec"]["trainer"]["command"]
+        assert container.security_context.allow_privilege_escalation is False
+        assert pod.spec.restart_policy == "Never"
+        env = env_of(pod)
+        assert env["PET_NNODES"] == str(nodes)
+        assert env["PET_NPROC_PER_NODE"] == str(gpus)
+        assert env["PET_MASTER_ADDR"] == f"{name}-node-0-0.{name}"
+        assert env[names.ENV_JOB_NAME] == "rendered"
+        assert '"learningRate"' in env[names.ENV_RECIPE]
+        assert pod.metadata.labels[names.JOB_LABEL] == "rendered"
+        assert pod.metadata.annotations["prometheus.io/port"] == "8000"
+        mounts = {mount.mount_path for mount in container.volume_mounts}
+        assert "/dev/shm" in mounts
+        ranks.add(int(pod.metadata.labels["batch.kubernetes.io/job-completion-index"]))
+    assert ranks == set(range(nodes))
+    if gpus == 8:  # a whole 8-GPU node each
+        assert len({pod.spec.node_name for pod in pods}) == nodes
+
+
+def test_suspend_frees_the_pods_and_resume_recreates_them(
+    api: client.ApiClient, namespace: str, trainer_v2: TrainerV2
+) -> None:
+    body = render_trainjob(finetunejob(namespace, "paused", 1, 1, suspend=True), trainer_image=TRAINER_IMAGE)
+    name = create_trainjob(api, namespace, body)["metadata"]["name"]
+    stays(lambda: not pods_of(api, namespace, name), 5, "a suspended TrainJob has no pods")
+    patch = {"spec": {"suspend": False}}
+    custom(api).patch_namespaced_custom_object(
+        names.TRAINJOB_GROUP, names.TRAINJOB_VERSION, namespace, names.TRAINJOB_PLURAL, name, patch
+    )
+    running_pods(api, namespace, name, 1)
+    patch = {"spec": {"suspend": True}}
+    custom(api).patch_namespaced_custom_object(
+        names.TRAINJOB_GROUP, names.TRAINJOB_VERSION, namespace, names.TRAINJOB_PLURAL, name, patch
+    )
+    wait_for(lambda: not pods_of(api, namespace, name), 60, "the suspended TrainJob's pods gone")
+    wait_for(lambda: condition(get_trainjob(api, namespace, name), "Suspended"), 30, "Suspended condition")
+
+
+def test_a_failed_trainer_fails_the_trainjob_at_once_with_its_exit_code(
+    api: client.ApiClient, namespace: str, trainer_v2: TrainerV2
+) -> None:
+    body = render_trainjob(finetunejob(namespace, "crashes", 1, 1), trainer_image=TRAINER_IMAGE)
+    name = create_trainjob(api, namespace, body)["metadata"]["name"]
+    (pod,) = running_pods(api, namespace, name, 1)
+    end_pod(api, namespace, pod.metadata.name, 3)
+    failed = wait_for(lambda: condition(get_trainjob(api, namespace, name), "Failed"), 60, "TrainJob Failed")
+    assert failed["reason"], failed
+    ended = client.CoreV1Api(api).read_namespaced_pod(pod.metadata.name, namespace)
+    (status,) = [c for c in ended.status.container_statuses if c.name == CONTAINER]
+    terminated = status.state.terminated if status.state else None
+    assert terminated is not None
+    assert terminated.exit_code == 3
+    stays(lambda: len(pods_of(api, namespace, name)) <= 1, 5, "no second pod (backoffLimit 0, no JobSet restart)")
+
+
+def test_deleting_the_trainjob_collects_its_jobset_and_pods(
+    api: client.ApiClient, namespace: str, trainer_v2: TrainerV2
+) -> None:
+    body = render_trainjob(finetunejob(namespace, "collected", 1, 1), trainer_image=TRAINER_IMAGE)
+    name = create_trainjob(api, namespace, body)["metadata"]["name"]
+    running_pods(api, namespace, name, 1)
+    custom(api).delete_namespaced_custom_object(
+        names.TRAINJOB_GROUP, names.TRAINJOB_VERSION, namespace, names.TRAINJOB_PLURAL, name
+    )
+
+    def collected() -> bool:
+        try:
+            custom(api).get_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", namespace, "jobsets", name)
+        except ApiException as error:
+            return error.status == 404 and not pods_of(api, namespace, name)
+        return False
+
+    wait_for(collected, 60, "JobSet and pods garbage-collected")
