@@ -36,6 +36,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 if [ -x tests/cluster/build.sh ] && [ "${FINETUNE_SKIP_CLUSTER_BUILD:-0}" != 1 ]; then
   step "Kubernetes control plane binaries (tests/cluster/build.sh)"
   tests/cluster/build.sh
+  step "Kubeflow Trainer v2 and JobSet binaries (tests/cluster/build_trainer.sh)"
+  tests/cluster/build_trainer.sh
 fi
 
 step "ruff"
