@@ -36,13 +36,14 @@ up_to_date() {
     [[ -f "$OUT/webhooks/trainer.yaml" && -f "$OUT/webhooks/jobset.yaml" ]] || return 1
 }
 
-# build NAME MODULE@VERSION PACKAGE: `go build PACKAGE` inside a throwaway module requiring only MODULE.
+# build NAME PACKAGE VERSION: `go build PACKAGE` inside a throwaway module requiring only PACKAGE's module at
+# VERSION (`go get PACKAGE@VERSION` records every module the package's imports need).
 build() {
-    local name="$1" module="$2" package="$3" src="$CACHE/src-$1"
-    log "building $name from $module"
+    local name="$1" package="$2" version="$3" src="$CACHE/src-$1"
+    log "building $name from $package@$version"
     rm -rf "$src" && mkdir -p "$src"
     printf 'module finetune-operator.local/%s\n\ngo 1.26.0\n' "$name" >"$src/go.mod"
-    (cd "$src" && go get "$module" && go build -ldflags "-s -w" -o "$BIN/$name" "$package")
+    (cd "$src" && go get "$package@$version" && go build -ldflags "-s -w" -o "$BIN/$name" "$package")
 }
 
 module_dir() {
@@ -55,9 +56,8 @@ main() {
         return
     fi
     mkdir -p "$BIN" "$OUT/crds" "$OUT/webhooks"
-    build trainer-controller-manager "github.com/kubeflow/trainer/v2@$TRAINER_VERSION" \
-        github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager
-    build jobset "sigs.k8s.io/jobset@$JOBSET_VERSION" sigs.k8s.io/jobset
+    build trainer-controller-manager github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager "$TRAINER_VERSION"
+    build jobset sigs.k8s.io/jobset "$JOBSET_VERSION"
     local trainer jobset
     trainer="$(module_dir trainer-controller-manager github.com/kubeflow/trainer/v2)"
     jobset="$(module_dir jobset sigs.k8s.io/jobset)"
