@@ -24,7 +24,7 @@ SCANNED = [
     *sorted((REPO_ROOT / "trainer_image" / "src" / "finetune_trainer").rglob("*.py")),
     *sorted((REPO_ROOT / "benchmarks").rglob("*.py")),
 ]
-GENERIC = {"step", "kind", "eval", "event", "final", "phase", "namespace", "v1"}
+GENERIC = {"step", "kind", "eval", "event", "final", "phase", "namespace", "v1", "v1alpha1", "node"}
 """Contract values too common as words to police as literals (e.g. a dict key "step" in a log line)."""
 
 

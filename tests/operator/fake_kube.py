@@ -19,6 +19,8 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from finetune_operator.children.backends import PYTORCHJOB, Backend
+
 Manifest = dict[str, Any]
 
 
@@ -152,9 +154,16 @@ class FakeKube:
 
     # -- children ----------------------------------------------------------------------------------------------
 
-    def get_child(self, namespace: str, name: str) -> Manifest | None:
-        self.calls.append("get_child")
+    def _child(self, namespace: str, name: str, backend: Backend) -> Manifest | None:
+        """The stored child of that name, if it is of `backend`'s kind (as the API server keeps kinds apart)."""
         child = self.children.get((namespace, name))
+        if child is None or str(child.get("apiVersion", PYTORCHJOB.api_version)) != backend.api_version:
+            return None
+        return child
+
+    def get_child(self, namespace: str, name: str, backend: Backend = PYTORCHJOB) -> Manifest | None:
+        self.calls.append("get_child")
+        child = self._child(namespace, name, backend)
         return copy.deepcopy(child) if child else None
 
     def create_child(self, namespace: str, manifest: Manifest) -> Manifest:
@@ -169,20 +178,35 @@ class FakeKube:
         self.children[key] = child
         return copy.deepcopy(child)
 
-    def patch_child(self, namespace: str, name: str, patch: Manifest) -> None:
+    def patch_child(self, namespace: str, name: str, patch: Manifest, backend: Backend = PYTORCHJOB) -> None:
         self.calls.append("patch_child")
-        _merge(self.children[(namespace, name)], patch)
+        child = self._child(namespace, name, backend)
+        if child is None:
+            raise api_error(404, f"{backend.plural} {name} not found")
+        _merge(child, patch)
 
-    def delete_child(self, namespace: str, name: str, *, uid: str | None = None, foreground: bool = False) -> bool:
+    def delete_child(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        foreground: bool = False,
+        backend: Backend = PYTORCHJOB,
+    ) -> bool:
         self.calls.append("delete_child")
-        child = self.children.get((namespace, name))
+        child = self._child(namespace, name, backend)
         if child is None or (uid is not None and child["metadata"].get("uid") != uid):
             return False
         return self.children.pop((namespace, name), None) is not None
 
-    def child_pods(self, namespace: str, child_name: str) -> list[Manifest]:
+    def child_pods(self, namespace: str, child_name: str, backend: Backend = PYTORCHJOB) -> list[Manifest]:
         self.calls.append("child_pods")
-        return copy.deepcopy(self.pods.get((namespace, child_name), []))
+        return [
+            copy.deepcopy(pod)
+            for pod in self.pods.get((namespace, child_name), [])
+            if ((pod.get("metadata") or {}).get("labels") or {}).get(backend.pod_label, child_name) == child_name
+        ]
 
     def list_child_events(self, namespaces: tuple[str, ...], reason: str) -> list[Manifest]:
         self.calls.append("list_child_events")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from finetune_operator.children.pytorchjob import DEFAULT_TRAINER_IMAGE
 from finetune_operator.config import OperatorConfig, add_arguments, from_arguments
 
@@ -33,6 +35,15 @@ def test_environment_is_read() -> None:
     assert not config.clusterwide
     assert config.prometheus_url == "http://prom:9090"
     assert config.health_port == 9000
+
+
+def test_backend_flag_environment_and_a_bad_value() -> None:
+    assert parse([], {}).backend == "auto"
+    assert parse([], {"FINETUNE_OPERATOR_BACKEND": "trainjob"}).backend == "trainjob"
+    assert parse(["--backend", "pytorchjob"], {"FINETUNE_OPERATOR_BACKEND": "trainjob"}).backend == "pytorchjob"
+    with pytest.raises(SystemExit) as raised:
+        parse([], {"FINETUNE_OPERATOR_BACKEND": "mpijob"})
+    assert str(raised.value) == "error: FINETUNE_OPERATOR_BACKEND: 'mpijob' is not one of auto, pytorchjob, trainjob"
 
 
 def test_flags_win_over_environment() -> None:

@@ -29,6 +29,9 @@ class OperatorConfig:
     pod_check_interval_seconds: float = 30.0
     """How often Pending jobs are checked for pods their child cannot create (one Event LIST per check)."""
     log_format: str = "json"
+    backend: str = "auto"
+    """The child kind for new jobs: pytorchjob, trainjob, or auto (TrainJob when its CRD is installed, else
+    PyTorchJob; decided at start). A job keeps the kind its first child was made with."""
 
     @property
     def clusterwide(self) -> bool:
@@ -40,6 +43,7 @@ class OperatorConfig:
 
 
 ENV_PREFIX = "FINETUNE_OPERATOR_"
+BACKEND_CHOICES = ("auto", "pytorchjob", "trainjob")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pod-check-interval", type=float, help="seconds between checks for pods a child cannot create (default 30)"
     )
     parser.add_argument("--log-format", choices=["json", "text"], help="log line format (default json)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        help="child kind for new jobs: PyTorchJob (training-operator v1), TrainJob (Kubeflow Trainer v2), or auto: "
+        "TrainJob when its CRD is installed (default auto)",
+    )
 
 
 def from_arguments(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -83,7 +93,15 @@ def from_arguments(args: argparse.Namespace, env: Mapping[str, str] | None = Non
             pick(args.pod_check_interval, "POD_CHECK_INTERVAL") or defaults.pod_check_interval_seconds
         ),
         log_format=pick(args.log_format, "LOG_FORMAT") or defaults.log_format,
+        backend=_backend(pick(args.backend, "BACKEND") or defaults.backend),
     )
+
+
+def _backend(value: str) -> str:
+    """A clear exit, not a traceback, for a bad FINETUNE_OPERATOR_BACKEND (argparse checks the flag itself)."""
+    if value not in BACKEND_CHOICES:
+        raise SystemExit(f"error: {ENV_PREFIX}BACKEND: {value!r} is not one of {', '.join(BACKEND_CHOICES)}")
+    return value
 
 
 def _split(text: str) -> list[str]:

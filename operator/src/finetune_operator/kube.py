@@ -13,9 +13,9 @@ from kubernetes.client.exceptions import ApiException
 from finetune_contract import names
 from finetune_operator.api import GROUP, PLURAL, VERSION
 from finetune_operator.api.sweep import SWEEP_PLURAL
+from finetune_operator.children.backends import PYTORCHJOB, Backend, backend_of_child
 from finetune_operator.decisions import node_loss
 
-CHILD = (names.PYTORCHJOB_GROUP, names.PYTORCHJOB_VERSION)
 Manifest = dict[str, Any]
 HANDLER_THREADS = 16
 """Kopf's thread pool for our (synchronous) handlers."""
@@ -50,12 +50,9 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
 
-    def get_child(self, namespace: str, name: str) -> Manifest | None:
+    def get_child(self, namespace: str, name: str, backend: Backend = PYTORCHJOB) -> Manifest | None:
         try:
-            child = cast(
-                Manifest,
-                self.custom.get_namespaced_custom_object(*CHILD, namespace, names.PYTORCHJOB_PLURAL, name),
-            )
+            child = cast(Manifest, self.custom.get_namespaced_custom_object(*_at(backend, namespace), name))
         except ApiException as error:
             if is_status(error, 404):
                 return None
@@ -63,24 +60,33 @@ class Kube:
         return child
 
     def create_child(self, namespace: str, manifest: Manifest) -> Manifest:
-        """Create the PyTorchJob; raises ApiException(409) if one of that name exists."""
-        created = self.custom.create_namespaced_custom_object(*CHILD, namespace, names.PYTORCHJOB_PLURAL, manifest)
+        """Create the child (its kind from its apiVersion); raises ApiException(409) if one of that name exists."""
+        backend = backend_of_child(manifest)
+        created = self.custom.create_namespaced_custom_object(*_at(backend, namespace), manifest)
         return cast(Manifest, created)
 
-    def patch_child(self, namespace: str, name: str, patch: Manifest) -> None:
-        self.custom.patch_namespaced_custom_object(*CHILD, namespace, names.PYTORCHJOB_PLURAL, name, patch)
+    def patch_child(self, namespace: str, name: str, patch: Manifest, backend: Backend = PYTORCHJOB) -> None:
+        self.custom.patch_namespaced_custom_object(*_at(backend, namespace), name, patch)
 
-    def delete_child(self, namespace: str, name: str, *, uid: str | None = None, foreground: bool = False) -> bool:
-        """Delete the PyTorchJob; False if it was already gone (or, with `uid`, is another object now).
+    def delete_child(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        foreground: bool = False,
+        backend: Backend = PYTORCHJOB,
+    ) -> bool:
+        """Delete the child; False if it was already gone (or, with `uid`, is another object now).
 
         Background: the object goes at once, its pods after. Foreground: it stays (with a deletionTimestamp) until
-        its pods are gone, so a new PyTorchJob of the same name never meets the old pods' names."""
+        its pods are gone, so a new child of the same name never meets the old pods' names."""
         body = client.V1DeleteOptions(
             propagation_policy="Foreground" if foreground else "Background",
             preconditions=client.V1Preconditions(uid=uid) if uid else None,
         )
         try:
-            self.custom.delete_namespaced_custom_object(*CHILD, namespace, names.PYTORCHJOB_PLURAL, name, body=body)
+            self.custom.delete_namespaced_custom_object(*_at(backend, namespace), name, body=body)
         except ApiException as error:
             if is_status(error, 404) or (uid and is_status(error, 409)):
                 return False
@@ -166,10 +172,8 @@ class Kube:
             for event in listing.items
         ]
 
-    def child_pods(self, namespace: str, child_name: str) -> list[Manifest]:
-        pods = self.core.list_namespaced_pod(
-            namespace, label_selector=f"{names.TRAINING_OPERATOR_JOB_LABEL}={child_name}"
-        )
+    def child_pods(self, namespace: str, child_name: str, backend: Backend = PYTORCHJOB) -> list[Manifest]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{backend.pod_label}={child_name}")
         return [self.api.sanitize_for_serialization(pod) for pod in pods.items]  # type: ignore[no-untyped-call]
 
     def node_table(self) -> Manifest:
@@ -189,20 +193,22 @@ class Kube:
         return cast(Manifest, self.api.sanitize_for_serialization(node))  # type: ignore[no-untyped-call]
 
     def pods_on_node(self, namespaces: tuple[str, ...], node: str) -> list[Manifest]:
-        """The training-operator's pods bound to `node` (every namespace, or the watched ones)."""
-        fields, labels = f"spec.nodeName={node}", names.TRAINING_OPERATOR_JOB_LABEL
+        """The pods bound to `node` (every namespace, or the watched ones): a node holds at most a few hundred."""
+        fields = f"spec.nodeName={node}"
         if namespaces:
-            listed = [
-                self.core.list_namespaced_pod(namespace, field_selector=fields, label_selector=labels)
-                for namespace in namespaces
-            ]
+            listed = [self.core.list_namespaced_pod(namespace, field_selector=fields) for namespace in namespaces]
         else:
-            listed = [self.core.list_pod_for_all_namespaces(field_selector=fields, label_selector=labels)]
+            listed = [self.core.list_pod_for_all_namespaces(field_selector=fields)]
         return [
             self.api.sanitize_for_serialization(pod)  # type: ignore[no-untyped-call]
             for listing in listed
             for pod in listing.items
         ]
+
+
+def _at(backend: Backend, namespace: str) -> tuple[str, str, str, str]:
+    """(group, version, namespace, plural): the leading arguments of CustomObjectsApi's namespaced calls."""
+    return backend.group, backend.version, namespace, backend.plural
 
 
 def owner_reference(job: Manifest) -> Manifest:

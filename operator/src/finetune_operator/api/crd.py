@@ -43,6 +43,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "GradNorm", "type": "number", "jsonPath": ".status.gradNorm"},
     {"name": "Verdict", "type": "string", "priority": 1, "jsonPath": ".status.earlyStopping.decision"},
     {"name": names.PYTORCHJOB_KIND, "type": "string", "priority": 1, "jsonPath": ".status.pytorchJobName"},
+    {"name": names.TRAINJOB_KIND, "type": "string", "priority": 1, "jsonPath": ".status.trainJobName"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

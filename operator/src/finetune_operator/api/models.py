@@ -456,7 +456,9 @@ class FineTuneJobStatus(SpecModel):
     observed_generation: int | None = Field(default=None, ge=0)
     """The spec generation the status reflects."""
     pytorch_job_name: ShortText | None = None
-    """Name of the child PyTorchJob."""
+    """Name of the child PyTorchJob (the pytorchjob backend)."""
+    train_job_name: ShortText | None = None
+    """Name of the child TrainJob (the trainjob backend: Kubeflow Trainer v2)."""
     step: int | None = Field(default=None, ge=0)
     """Latest optimizer step."""
     total_steps: int | None = Field(default=None, ge=0)

@@ -32,7 +32,7 @@ from finetune_operator.children import pytorchjob as shared
 
 RUNTIME_NAME = "finetune-torch"
 PATCH_MANAGER = "finetune.dev/finetune-operator"
-ANCESTOR_LABEL = "trainer.kubeflow.org/trainjob-ancestor-step"
+ANCESTOR_LABEL = f"{names.TRAINJOB_GROUP}/trainjob-ancestor-step"
 LONGEST_POD_SUFFIX = len(f"-{names.TRAINJOB_CONTAINER}-0-{MAX_NODES - 1}-abcde")
 """JobSet names pods <jobset>-node-0-<completion index>-<5 random>; its webhook refuses a JobSet whose longest
 pod name would pass 63 characters."""
@@ -135,7 +135,7 @@ def runtime_manifest(name: str = RUNTIME_NAME, trainer_image: str = shared.DEFAU
         "metadata": {
             "name": name,
             "labels": {
-                "trainer.kubeflow.org/framework": "torch",
+                f"{names.TRAINJOB_GROUP}/framework": "torch",
                 "app.kubernetes.io/part-of": names.MANAGED_BY,
                 names.MANAGED_BY_LABEL: names.MANAGED_BY,
             },

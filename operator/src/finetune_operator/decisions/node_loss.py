@@ -21,6 +21,8 @@ from typing import Any
 from finetune_contract import names
 
 OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
+CHILD_POD_LABELS = (names.TRAINING_OPERATOR_JOB_LABEL, names.JOBSET_NAME_LABEL)
+"""The label naming a pod's child: a PyTorchJob's (training-operator) or a TrainJob's (its JobSet has its name)."""
 TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io"
 """Nodes are read as the server's table (name, status text: a few hundred bytes a node) — full Node objects carry
 their image lists and are ~20 KB each, too much to list every interval on a cluster of thousands of nodes."""
@@ -77,7 +79,8 @@ def stuck_runs(pods: Iterable[Mapping[str, Any]], unready: set[str]) -> dict[tup
     for pod in sorted(pods, key=lambda pod: str((pod.get("metadata") or {}).get("name"))):
         metadata = pod.get("metadata") or {}
         node = str((pod.get("spec") or {}).get("nodeName") or "")
-        child = (metadata.get("labels") or {}).get(names.TRAINING_OPERATOR_JOB_LABEL)
+        labels = metadata.get("labels") or {}
+        child = next((labels[label] for label in CHILD_POD_LABELS if labels.get(label)), None)
         if not child or node not in unready or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             continue
         key = (str(metadata.get("namespace")), str(child))

@@ -46,6 +46,8 @@ WEAK_REASONS = ("PodDeleted", "PodGone")
 """Taken away, as far as anyone can tell — but a pod is also deleted by the training-operator itself once the job
 failed (cleanPodPolicy), so these explain a failure only when no pod failed on its own."""
 TRAINER_EXIT_CODES = {2: "bad recipe or data", 3: "non-finite loss"}
+TRAINER_CONTAINERS = (names.TRAINER_CONTAINER, names.TRAINJOB_CONTAINER)
+"""The trainer's container in a PyTorchJob's pods and in a TrainJob's."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def _condition(status: Mapping[str, Any], condition_type: str) -> Mapping[str, A
 def _trainer_termination(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The trainer container's termination record (its current or last state)."""
     for container in status.get("containerStatuses") or []:
-        if container.get("name") != names.TRAINER_CONTAINER:
+        if container.get("name") not in TRAINER_CONTAINERS:
             continue
         state = container.get("state") or {}
         last = container.get("lastState") or {}

@@ -1,4 +1,5 @@
-"""Create, adopt and keep in line the PyTorchJob of a FineTuneJob. Idempotent: safe to run any number of times.
+"""Create, adopt and keep in line the child (PyTorchJob or TrainJob) of a FineTuneJob. Idempotent: safe to run
+any number of times.
 
 Called for a new job, at operator start and on every spec change (reconcile/jobs.py decides which watch events).
 The child's name is a function of the job's name only, and recorded in status: a crash between creating it and
@@ -17,7 +18,8 @@ import kopf
 from finetune_contract import names
 from finetune_operator.api import FineTuneJob, JobPhase, changes
 from finetune_operator.api.validation import InvalidInputError, validate_manifest
-from finetune_operator.children.pytorchjob import render
+from finetune_operator.children import backends
+from finetune_operator.children.trainjob import UnsupportedFieldError
 from finetune_operator.kube import ApiException, is_status, owned_by, owner_reference
 from finetune_operator.reconcile import recovery, status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
@@ -39,12 +41,17 @@ def sync_child(ctx: Context, job: Manifest) -> None:
         mark_invalid(ctx, job, INVALID_SPEC, "; ".join(str(item) for item in error.errors))
         return
     # The name recorded in status is the child's for life; a re-render is only for a job that recorded none.
-    recorded = status_of(job).get("pytorchJobName")
-    rendered = render(model, trainer_image=ctx.config.trainer_image, name=recorded)
+    backend = ctx.backend_of(job)
+    recorded = backends.child_name_of(status_of(job))
+    try:
+        rendered = backend.render(model, trainer_image=ctx.config.trainer_image, name=recorded)
+    except UnsupportedFieldError as error:
+        mark_invalid(ctx, job, INVALID_SPEC, f"{error.path}: {error.rule} (got {error.value!r})")
+        return
     # A job whose status names no child yet (a new one) has none, almost always: create straight away (a 409
     # adopts one that exists) instead of a GET that answers 404 first.
     never_created = not recorded and not is_finished(job)
-    child = None if never_created else ctx.kube.get_child(namespace, rendered["metadata"]["name"])
+    child = None if never_created else ctx.kube.get_child(namespace, rendered["metadata"]["name"], backend)
     if child is None and is_finished(job):
         return  # ended (e.g. early-stopped): never resurrect its training
     if child is None:
@@ -76,21 +83,23 @@ def create_or_adopt(ctx: Context, job: Manifest, model: FineTuneJob, rendered: M
         "annotations": {APPLIED_SPEC: json.dumps(applied_spec(model), sort_keys=True, separators=(",", ":"))},
     }
     name = manifest["metadata"]["name"]
+    backend = backends.backend_of_child(manifest)
+    kind = backend.kind
     try:
         created = ctx.kube.create_child(namespace, manifest)
     except ApiException as error:
         if is_refusal(error):
-            mark_invalid(ctx, job, "ChildRejected", f"the API server refused PyTorchJob {name}: {api_message(error)}")
+            mark_invalid(ctx, job, "ChildRejected", f"the API server refused {kind} {name}: {api_message(error)}")
             return None
         if not is_status(error, 409):
             raise
-        existing = ctx.kube.get_child(namespace, name)
+        existing = ctx.kube.get_child(namespace, name, backend)
         if existing is None:
-            raise kopf.TemporaryError("PyTorchJob vanished while adopting it", delay=1) from error
+            raise kopf.TemporaryError(f"{kind} vanished while adopting it", delay=1) from error
         if not owned_by(existing, job):
             wait_for_foreign_child(ctx, job, existing)
         if existing["metadata"].get("deletionTimestamp"):  # our failed child, still going after a restart
-            raise kopf.TemporaryError(f"PyTorchJob {name} is still being deleted", delay=2) from error
+            raise kopf.TemporaryError(f"{kind} {name} is still being deleted", delay=2) from error
         return existing
     return created  # its Event is the phase transition's ("phase - -> Pending: its PyTorchJob is ...")
 
@@ -102,14 +111,14 @@ def wait_for_foreign_child(ctx: Context, job: Manifest, child: Manifest) -> NoRe
     so the retry is quick. Otherwise someone else's PyTorchJob: the job waits (Pending, condition ChildConflict)
     until it is deleted, and never adopts or overwrites it.
     """
-    name = child["metadata"]["name"]
+    name, kind = child["metadata"]["name"], backends.backend_of_child(child).kind
     if child["metadata"].get("deletionTimestamp"):
         reason, delay = "PreviousChildTerminating", FOREIGN_TERMINATING_RETRY_SECONDS
-        message = f"PyTorchJob {name} of an earlier FineTuneJob of this name is being deleted; waiting for it to go"
+        message = f"{kind} {name} of an earlier FineTuneJob of this name is being deleted; waiting for it to go"
     else:
         reason, delay = "ChildNameTaken", FOREIGN_CHILD_RETRY_SECONDS
         message = (
-            f"PyTorchJob {name} exists and is not owned by this FineTuneJob; "
+            f"{kind} {name} exists and is not owned by this FineTuneJob; "
             "it is left alone, and this job's training starts once it is deleted"
         )
     generation = job["metadata"].get("generation")
@@ -158,15 +167,16 @@ def rejected_paths(child: Manifest, model: FineTuneJob) -> list[str]:
 
 
 def apply_mutable(ctx: Context, child: Manifest, model: FineTuneJob) -> None:
-    """suspend ↔ runPolicy.suspend (the training-operator frees or recreates the pods); the Kueue queue label."""
+    """suspend ↔ the child's suspend (its controller frees or recreates the pods); the Kueue queue label."""
+    backend = backends.backend_of_child(child)
     patch: Manifest = {}
-    if bool(child["spec"].get("runPolicy", {}).get("suspend", False)) != model.spec.suspend:
-        patch["spec"] = {"runPolicy": {"suspend": model.spec.suspend}}
+    if backend.suspended(child) != model.spec.suspend:
+        patch.update(backend.suspend_patch(model.spec.suspend))
     labels = child["metadata"].get("labels") or {}
     if labels.get(names.QUEUE_LABEL) != model.spec.queue_name:
         patch["metadata"] = {"labels": {names.QUEUE_LABEL: model.spec.queue_name}}
     if patch:
-        ctx.kube.patch_child(child["metadata"]["namespace"], child["metadata"]["name"], patch)
+        ctx.kube.patch_child(child["metadata"]["namespace"], child["metadata"]["name"], patch, backend)
 
 
 def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) -> None:
@@ -174,7 +184,8 @@ def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) ->
     generation = job["metadata"].get("generation")
     if rejected:
         message = (
-            f"{', '.join(rejected)} cannot change while the training exists; the PyTorchJob keeps the old values. "
+            f"{', '.join(rejected)} cannot change while the training exists; the "
+            f"{backends.backend_of_child(child).kind} keeps the old values. "
             "Revert the change, or delete and recreate the FineTuneJob."
         )
         known = {(c.get("type"), c.get("status"), c.get("message")) for c in status_of(job).get("conditions") or []}
@@ -195,7 +206,7 @@ def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) ->
             updates.append(status.condition(CHILD_CONFLICT, False, "ChildOwned", "", ctx.now(), generation))
         conditions = status.merge_conditions(current.get("conditions") or [], updates)
         out: Manifest = {
-            "pytorchJobName": child["metadata"]["name"],
+            backends.backend_of_child(child).status_field: child["metadata"]["name"],
             "observedGeneration": generation,
             "conditions": conditions,
         }

@@ -10,6 +10,8 @@ from typing import Any
 
 import kopf
 
+from finetune_operator.children import backends
+from finetune_operator.children.backends import PYTORCHJOB, Backend
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import ApiException, Kube, is_status
 from finetune_operator.metrics.operator import OperatorMetrics
@@ -35,6 +37,12 @@ class Context:
     config: OperatorConfig
     metrics: OperatorMetrics
     clock: Callable[[], datetime] = utc_now
+    backend: Backend = PYTORCHJOB
+    """The child kind for jobs that have none yet (config.backend resolved at start); a job keeps its own."""
+
+    def backend_of(self, job: Manifest) -> Backend:
+        """The job's child kind: the one recorded in its status, else the operator's."""
+        return backends.backend_of(status_of(job), self.backend)
 
     def now(self) -> str:
         """The clock as Kubernetes writes timestamps (RFC 3339, UTC, seconds)."""
@@ -108,9 +116,10 @@ def _detail(before: Manifest, changes: Manifest) -> str:
     for condition in changes.get("conditions") or []:
         if condition.get("type") in wanted and condition.get("status") == "True" and condition.get("message"):
             return f": {condition['message']}"
-    child = changes.get("pytorchJobName")
-    if child and child != before.get("pytorchJobName"):
-        return f": its PyTorchJob is {child}"
+    for backend in backends.BACKENDS.values():
+        child = changes.get(backend.status_field)
+        if child and child != before.get(backend.status_field):
+            return f": its {backend.kind} is {child}"
     return ""
 
 

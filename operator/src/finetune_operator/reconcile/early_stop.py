@@ -19,9 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from finetune_contract import names
 from finetune_operator.api import FineTuneJob, JobPhase, Verdict
-from finetune_operator.children.pytorchjob import child_name
+from finetune_operator.children import backends
 from finetune_operator.decisions.policy import evaluate
 from finetune_operator.metrics.source import (
     JobMetrics,
@@ -147,13 +146,13 @@ class Evaluator:
         return self.scrape.fetch(namespace, name, url, now=self.ctx.clock().timestamp())
 
     def _master_url(self, job: Manifest, model: FineTuneJob) -> str:
-        child = status_of(job).get("pytorchJobName") or child_name(model.metadata.name)
-        for pod in self.ctx.kube.child_pods(model.metadata.namespace, child):
-            labels = pod["metadata"].get("labels") or {}
+        backend = self.ctx.backend_of(job)
+        child = backends.child_name_of(status_of(job)) or backend.child_name(model.metadata.name)
+        for pod in self.ctx.kube.child_pods(model.metadata.namespace, child, backend):
             address = (pod.get("status") or {}).get("podIP")
-            if labels.get(names.TRAINING_OPERATOR_REPLICA_LABEL, "").lower() == "master" and address:
+            if backend.is_rank0(pod) and address:
                 return f"http://{address}:{model.spec.metrics.port}/metrics"
-        raise MetricsUnavailableError(f"no running Master pod with an IP for PyTorchJob {child}")
+        raise MetricsUnavailableError(f"no running rank-0 pod with an IP for {backend.kind} {child}")
 
     def _unavailable(self, job: Manifest, model: FineTuneJob, now: float, why: str) -> None:
         key, spec = (model.metadata.namespace, model.metadata.name), model.spec.early_stopping
@@ -226,9 +225,12 @@ class Evaluator:
         Done once per job and operator process: a restarted operator checks every EarlyStopped job once more,
         which is what completes an interrupted stop; after that an ended job costs no API call per cycle."""
         namespace = job["metadata"]["namespace"]
-        child = status_of(job).get("pytorchJobName")
-        if child and self.ctx.kube.delete_child(namespace, child):
-            post_event(self.ctx, job, "Warning", "PyTorchJobDeleted", f"deleted PyTorchJob {child}: its GPUs are free")
+        recorded = backends.recorded_child(status_of(job))
+        if recorded is not None and self.ctx.kube.delete_child(namespace, recorded[1], backend=recorded[0]):
+            backend, child = recorded
+            post_event(
+                self.ctx, job, "Warning", f"{backend.kind}Deleted", f"deleted {backend.kind} {child}: its GPUs are free"
+            )
         self.scrape.forget(namespace, job["metadata"]["name"])
         self._stopped.add((namespace, job["metadata"]["name"], job["metadata"].get("uid", "")))
 

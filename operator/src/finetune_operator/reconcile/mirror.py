@@ -1,10 +1,12 @@
-"""Mirror a PyTorchJob's state into its FineTuneJob's status: phase, conditions, times, failed pods' reasons."""
+"""Mirror a child's (PyTorchJob's or TrainJob's) state into its FineTuneJob's status: phase, conditions, times,
+failed pods' reasons."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from finetune_operator.api import JobPhase
+from finetune_operator.children import backends
 from finetune_operator.decisions.recovery import classify
 from finetune_operator.kube import parent_of
 from finetune_operator.metrics.operator import instrumented
@@ -32,7 +34,7 @@ def mirror_child(
     details = ""
     failure = None
     if status.phase_from_child(child) == JobPhase.Failed:
-        pods = ctx.kube.child_pods(namespace, child["metadata"]["name"])
+        pods = ctx.kube.child_pods(namespace, child["metadata"]["name"], backends.backend_of_child(child))
         details = status.failure_details(pods)
         failure = classify(pods)
     restart_in: list[float] = []
@@ -67,7 +69,7 @@ def mirrored_status(current: Manifest, child: Manifest, details: str, now: str) 
         conditions.append(status.condition(pod_creation.CONDITION, False, "PodsCreated", "", now))
     out: Manifest = {
         "phase": str(phase),
-        "pytorchJobName": child["metadata"]["name"],
+        backends.backend_of_child(child).status_field: child["metadata"]["name"],
         "conditions": status.merge_conditions(current.get("conditions") or [], conditions),
     }
     child_status = child.get("status") or {}

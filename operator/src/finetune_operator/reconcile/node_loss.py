@@ -15,6 +15,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from finetune_operator.api import JobPhase
+from finetune_operator.children.backends import child_name_of
 from finetune_operator.decisions.node_loss import node_detail, stuck_runs, unready_nodes
 from finetune_operator.kube import is_status
 from finetune_operator.reconcile import status
@@ -56,7 +57,7 @@ def check_lost_nodes(ctx: Context, jobs: Iterable[Manifest]) -> bool:
     details = {pod.node: node_detail(ctx.kube.get_node(pod.node)) for pod in stuck.values()}
     for job in watched:
         namespace = job["metadata"]["namespace"]
-        found = stuck.get((namespace, str(status_of(job).get("pytorchJobName"))))
+        found = stuck.get((namespace, str(child_name_of(status_of(job)))))
         message = found.message(details[found.node]) if found is not None else None
         update = stuck_condition(status_of(job), message, job["metadata"].get("generation"), ctx.now())
         if update is None:
@@ -71,7 +72,7 @@ def _watched(job: Manifest) -> bool:
     current = status_of(job)
     if CONDITION in status.true_types(current.get("conditions") or []):
         return True  # to clear it, whatever the phase now
-    return bool(current.get("pytorchJobName")) and current.get("phase") in WATCHED_PHASES
+    return bool(child_name_of(current)) and current.get("phase") in WATCHED_PHASES
 
 
 def _write(ctx: Context, job: Manifest, update: Manifest) -> None:

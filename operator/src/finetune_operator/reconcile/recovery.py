@@ -22,6 +22,7 @@ import kopf
 from pydantic import ValidationError
 
 from finetune_operator.api import JobPhase, RecoverySpec
+from finetune_operator.children import backends
 from finetune_operator.decisions.recovery import Failure, backoff_seconds
 from finetune_operator.reconcile import status
 from finetune_operator.reconcile.common import Context, Manifest, post_event, status_of, update_status
@@ -72,7 +73,7 @@ def planned_restart(job: Manifest, child: Manifest, failure: Failure, now: str) 
     condition = status.condition(RECOVERING, True, failure.reason, message, now)
     return {
         "phase": str(JobPhase.Pending),
-        "pytorchJobName": child["metadata"]["name"],
+        backends.backend_of_child(child).status_field: child["metadata"]["name"],
         "conditions": status.merge_conditions(current.get("conditions") or [], [condition]),
     }
 
@@ -114,9 +115,10 @@ def restart(ctx: Context, job: Manifest, child: Manifest) -> None:
             raise kopf.TemporaryError(f"restart of {name} in {left:.0f}s", delay=left)
         count_restart(ctx, job, uid)
     if terminating:
-        raise kopf.TemporaryError(f"PyTorchJob {name} is being deleted for a restart", delay=DELETION_POLL_SECONDS)
+        kind = backends.backend_of_child(child).kind
+        raise kopf.TemporaryError(f"{kind} {name} is being deleted for a restart", delay=DELETION_POLL_SECONDS)
     logger.info("deleting failed PyTorchJob %s/%s (uid %s) to restart it", namespace, name, uid)
-    ctx.kube.delete_child(namespace, name, uid=uid, foreground=True)
+    ctx.kube.delete_child(namespace, name, uid=uid, foreground=True, backend=backends.backend_of_child(child))
     raise kopf.TemporaryError(f"waiting for PyTorchJob {name} to go", delay=DELETION_POLL_SECONDS)
 
 
@@ -150,7 +152,7 @@ def after_new_child(current: Manifest, child: Manifest, now: str) -> Manifest:
         return {}
     kept = [c for c in current.get("conditions") or [] if c.get("type") not in status.CHILD_CONDITION_TYPES]
     done = int(current.get("restarts") or 0)
-    message = f"restart {done}: PyTorchJob {child['metadata']['name']} created again"
+    message = f"restart {done}: {backends.backend_of_child(child).kind} {child['metadata']['name']} created again"
     return {
         "phase": str(status.phase_from_child(child)),
         "conditions": status.merge_conditions(kept, [status.condition(RECOVERING, False, "Restarted", message, now)]),

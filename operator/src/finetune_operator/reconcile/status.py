@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from finetune_operator.api import JobPhase
+from finetune_operator.children import backends
 
 CHILD_CONDITION_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Suspended", "Failed")
 TERMINAL_PHASES = (JobPhase.Succeeded, JobPhase.Failed, JobPhase.EarlyStopped)
@@ -29,27 +30,17 @@ def true_types(conditions: Iterable[Mapping[str, Any]]) -> set[str]:
 
 
 def phase_from_child(child: Mapping[str, Any] | None) -> JobPhase:
-    """The phase a PyTorchJob's conditions imply: terminal first, then suspended, running, pending."""
+    """The phase a child's conditions imply (either kind): terminal first, then suspended, running, pending."""
     if child is None:
         return JobPhase.Pending
-    active = true_types(child.get("status", {}).get("conditions") or [])
-    for condition_type, phase in (
-        ("Succeeded", JobPhase.Succeeded),
-        ("Failed", JobPhase.Failed),
-        ("Suspended", JobPhase.Suspended),
-        ("Running", JobPhase.Running),
-        ("Restarting", JobPhase.Running),
-    ):
-        if condition_type in active:
-            return phase
-    return JobPhase.Pending
+    return backends.phase_from_conditions(backends.backend_of_child(child).conditions(child))
 
 
 def mirrored_conditions(child: Mapping[str, Any], now: str) -> list[Condition]:
     """The child's conditions in our form (only the fields Kubernetes conditions have); `now` stands in for a
     missing transition time."""
     out = []
-    for condition in child.get("status", {}).get("conditions") or []:
+    for condition in backends.backend_of_child(child).conditions(child):
         if condition.get("type") not in CHILD_CONDITION_TYPES:
             continue
         out.append(
