@@ -23,6 +23,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from finetune_operator.children.trainjob import RUNTIME_NAME, runtime_manifest
 from tests.cluster.conftest import _skip_or_fail
 from tests.cluster.controlplane import CACHE, Cluster
 from tests.cluster.helm_chart import (
@@ -94,7 +95,13 @@ def test_scenarios_exist() -> None:
 
 
 def test_schema_rejects_unknown_and_invalid_values(helm: str) -> None:
-    for bad in (["--set", "nosuchkey=1"], ["--set", "logFormat=xml"], ["--set", "image.pullPolicy=Sometimes"]):
+    for bad in (
+        ["--set", "nosuchkey=1"],
+        ["--set", "logFormat=xml"],
+        ["--set", "image.pullPolicy=Sometimes"],
+        ["--set", "backend=mpijob"],
+        ["--set", "trainJobRuntime.create=maybe"],
+    ):
         result = subprocess.run(
             [helm, "lint", str(CHART), *bad], capture_output=True, text=True, timeout=60, check=False
         )
@@ -194,6 +201,30 @@ def test_trainer_network_policy(helm: str) -> None:
     )
     assert refused.returncode != 0
     assert "networkPolicy.enabled needs the trainers' namespaces" in refused.stderr
+
+
+def render_chart(helm: str, *settings: str) -> list[dict[str, Any]]:
+    args = [arg for setting in settings for arg in ("--set", setting)]
+    rendered = subprocess.run(
+        [helm, "template", "r", str(CHART), *args], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def test_trainjob_backend_ships_the_same_runtime_as_finetune_runtime(helm: str) -> None:
+    """The chart's ClusterTrainingRuntime and `finetune runtime` (runtime_manifest) are one object, written twice:
+    this pins them together. Installed when the backend is trainjob (or forced), not for pytorchjob."""
+    image = "registry.example/trainer:v7"
+    repository, tag = image.rsplit(":", 1)
+    docs = render_chart(helm, "backend=trainjob", f"trainer.image.repository={repository}", f"trainer.image.tag={tag}")
+    (runtime,) = [doc for doc in docs if doc["kind"] == "ClusterTrainingRuntime"]
+    assert runtime["spec"] == runtime_manifest(trainer_image=image)["spec"]
+    assert runtime["metadata"]["name"] == RUNTIME_NAME
+    (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--backend") + 1] == "trainjob"
+    for settings in (("backend=pytorchjob",), ("backend=auto",), ("backend=trainjob", "trainJobRuntime.create=false")):
+        assert not [doc for doc in render_chart(helm, *settings) if doc["kind"] == "ClusterTrainingRuntime"], settings
 
 
 def test_rendered_deployment_and_monitors(helm: str) -> None:

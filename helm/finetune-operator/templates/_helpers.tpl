@@ -125,6 +125,11 @@ RBAC rules for the namespaced resources the operator reads and writes. Every ver
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The child TrainJob (trainjob backend): the same verbs, for the same reasons. Its ClusterTrainingRuntime is never
+# read: a TrainJob naming a missing runtime is refused by Trainer's webhook, and the job says so (ChildRejected).
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # The child's pods, listed by label: exit codes for the Failed condition, the Master pod's IP for the
 # direct-scrape fallback. Never watched, never read one by one.
 - apiGroups: [""]
@@ -141,5 +146,16 @@ RBAC rules for the namespaced resources the operator reads and writes. Every ver
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
   verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end }}
+
+{{/*
+Install the ClusterTrainingRuntime? ("true"/empty)
+*/}}
+{{- define "finetune-operator.createRuntime" -}}
+{{- $create := toString .Values.trainJobRuntime.create }}
+{{- if eq $create "true" }}true
+{{- else if eq $create "auto" }}
+{{- if or (eq .Values.backend "trainjob") (and (eq .Values.backend "auto") (.Capabilities.APIVersions.Has "trainer.kubeflow.org/v1alpha1/ClusterTrainingRuntime")) }}true{{ end }}
 {{- end }}
 {{- end }}

@@ -1,5 +1,6 @@
 """Kopf registration, nothing else: every handler is a one-line call into a reconcile function.
 
+Children of both kinds (PyTorchJob, TrainJob) are watched; a kind whose CRD is not installed is not served.
 No deletion handler is registered, so Kopf adds no finalizer: deleting a FineTuneJob can never wedge, and its
 PyTorchJob goes by garbage collection (ownerReferences). No change handler (on.create/update/resume) either: those
 make Kopf PATCH its bookkeeping annotations onto every job; which events need a reconcile is decided from the
@@ -84,6 +85,17 @@ def on_child_event(memo: kopf.Memo, event: kopf.RawEvent, **kwargs: Any) -> None
         jobs.on_child_deleted(context(memo), retries(memo), dict(event["object"]))
     else:
         mirror_child(context(memo), dict(event["object"]), cached(kwargs["finetunejobs"]), retries(memo).schedule)
+
+
+@kopf.on.event(
+    names.TRAINJOB_GROUP,
+    names.TRAINJOB_VERSION,
+    names.TRAINJOB_PLURAL,
+    labels={names.MANAGED_BY_LABEL: names.MANAGED_BY},
+)
+def on_trainjob_event(memo: kopf.Memo, event: kopf.RawEvent, **kwargs: Any) -> None:
+    """The same for TrainJob children (the trainjob backend); Kopf serves it only where its CRD is installed."""
+    on_child_event(memo=memo, event=event, **kwargs)
 
 
 @kopf.on.startup()

@@ -93,6 +93,21 @@ class Kube:
             raise
         return True
 
+    def installed_crds(self, candidates: tuple[str, ...]) -> list[str]:
+        """Which of the named CustomResourceDefinitions are installed (a GET each: a LIST would carry every
+        CRD's whole schema), for `--backend auto`."""
+        extensions = client.ApiextensionsV1Api(self.api)
+        found = []
+        for name in candidates:
+            try:
+                extensions.read_custom_resource_definition(name)
+            except ApiException as error:
+                if is_status(error, 404):
+                    continue
+                raise
+            found.append(name)
+        return found
+
     def get_job(self, namespace: str, name: str) -> Manifest | None:
         try:
             job = cast(Manifest, self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))

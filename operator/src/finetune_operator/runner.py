@@ -13,6 +13,7 @@ from typing import Any
 
 import kopf
 
+from finetune_operator.children import backends
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import Kube, api_client
 from finetune_operator.metrics.operator import OperatorMetrics
@@ -84,11 +85,15 @@ def run_operator(config: OperatorConfig) -> int:
     metrics = OperatorMetrics()
     metrics.serve(config.metrics_host, config.metrics_port)
     kube = Kube(api_client())
-    memo = kopf.Memo(context=Context(kube=kube, config=config, metrics=metrics))
+    candidates = backends.CHILD_CRDS if config.backend == "auto" else ()
+    backend = backends.choose(config.backend, kube.installed_crds(candidates))
+    memo = kopf.Memo(context=Context(kube=kube, config=config, metrics=metrics, backend=backend))
     logging.getLogger("finetune_operator").info(
-        "starting: %s, trainer image %s",
+        "starting: %s, trainer image %s, new jobs run as %s (--backend %s)",
         "cluster-wide" if config.clusterwide else ",".join(config.namespaces),
         config.trainer_image,
+        backend.kind,
+        config.backend,
     )
     kopf.run(
         clusterwide=config.clusterwide,

@@ -109,6 +109,8 @@ TRAINJOB = Backend(
     "trainJobName",
 )
 BACKENDS = {backend.name: backend for backend in (PYTORCHJOB, TRAINJOB)}
+CHILD_CRDS = tuple(f"{backend.plural}.{backend.group}" for backend in BACKENDS.values())
+"""The CRD names `--backend auto` looks for."""
 CHILD_NAME_FIELDS = tuple(backend.status_field for backend in BACKENDS.values())
 
 
