@@ -1,5 +1,5 @@
-"""Automatic resume: a run that failed for the cluster's reasons gets a new PyTorchJob, which resumes from the
-newest complete checkpoint (the trainer finds it in its output directory).
+"""Automatic resume: a run that failed for the cluster's reasons gets a new child (PyTorchJob or TrainJob), which
+resumes from the newest complete checkpoint (the trainer finds it in its output directory).
 
 The steps, each safe to repeat and to interrupt (an operator restart picks up from the job's status):
 1. The mirror sees the child Failed; `decisions.recovery.classify` says whether a restart can help. If it can and
@@ -114,12 +114,12 @@ def restart(ctx: Context, job: Manifest, child: Manifest) -> None:
         if left > 0:
             raise kopf.TemporaryError(f"restart of {name} in {left:.0f}s", delay=left)
         count_restart(ctx, job, uid)
+    backend = backends.backend_of_child(child)
     if terminating:
-        kind = backends.backend_of_child(child).kind
-        raise kopf.TemporaryError(f"{kind} {name} is being deleted for a restart", delay=DELETION_POLL_SECONDS)
-    logger.info("deleting failed PyTorchJob %s/%s (uid %s) to restart it", namespace, name, uid)
-    ctx.kube.delete_child(namespace, name, uid=uid, foreground=True, backend=backends.backend_of_child(child))
-    raise kopf.TemporaryError(f"waiting for PyTorchJob {name} to go", delay=DELETION_POLL_SECONDS)
+        raise kopf.TemporaryError(f"{backend.kind} {name} is being deleted for a restart", delay=DELETION_POLL_SECONDS)
+    logger.info("deleting failed %s %s/%s (uid %s) to restart it", backend.kind, namespace, name, uid)
+    ctx.kube.delete_child(namespace, name, uid=uid, foreground=True, backend=backend)
+    raise kopf.TemporaryError(f"waiting for {backend.kind} {name} to go", delay=DELETION_POLL_SECONDS)
 
 
 def count_restart(ctx: Context, job: Manifest, uid: str) -> None:
