@@ -17,8 +17,12 @@ from finetune_contract import names
 from finetune_operator.children.trainjob import UnsupportedFieldError, render_trainjob, runtime_manifest
 from tests.cluster.conftest import _skip_or_fail
 from tests.cluster.controlplane import GPU_RESOURCE, Cluster
+from tests.cluster.operator_process import ConfiguredOperator as Operator
+from tests.cluster.operator_process import apply_crd, stop_cleanly
 from tests.cluster.pytorchjobs import end_pod
 from tests.cluster.storage import shared_output_claim
+from tests.cluster.test_operator import GROUP, PLURAL, VERSION, patch_spec, small_job
+from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj
 from tests.cluster.trainer_v2 import TrainerV2, missing_artifacts, start_trainer_v2
 from tests.cluster.waiting import stays, wait_for
 from tests.manifests import JOB_EXAMPLES, minimal_job
@@ -199,3 +203,95 @@ def test_deleting_the_trainjob_collects_its_jobset_and_pods(
         return False
 
     wait_for(collected, 60, "JobSet and pods garbage-collected")
+
+
+# -- the operator with the trainjob backend --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trainjob_operator(
+    cluster: Cluster, trainer_v2: TrainerV2, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
+    """`--backend auto` on a cluster with both CRDs installed: new jobs run as TrainJobs."""
+    apply_crd(cluster)
+    running = Operator(cluster, tmp_path_factory.mktemp("operator"), extra=["--backend", "auto"]).start()
+    try:
+        yield running
+    finally:
+        stop_cleanly(running)
+
+
+def ftj_phase(api: client.ApiClient, namespace: str, name: str, phase: str) -> dict[str, Any] | None:
+    ftj = get_ftj(api, namespace, name)
+    return ftj if (ftj.get("status") or {}).get("phase") == phase else None
+
+
+def test_operator_runs_a_finetunejob_as_a_trainjob_through_to_succeeded(
+    api: client.ApiClient, namespace: str, trainjob_operator: Operator
+) -> None:
+    name = "lifecycle"
+    shared_output_claim(api, namespace)
+    ftj = create_ftj(api, namespace, small_job(name, nodes=2, gpus=1))
+    pods = running_pods(api, namespace, name, 2)
+    child = get_trainjob(api, namespace, name)
+    assert child["metadata"]["ownerReferences"][0]["uid"] == ftj["metadata"]["uid"]
+    assert child["spec"]["trainer"]["numNodes"] == 2
+    running = trainjob_operator.wait_for(lambda: ftj_phase(api, namespace, name, "Running"), 60, "Running")
+    assert running["status"]["trainJobName"] == name
+    assert "pytorchJobName" not in running["status"]
+    assert "new jobs run as TrainJob (--backend auto)" in trainjob_operator.log_tail(400)
+    for pod in pods:
+        end_pod(api, namespace, pod.metadata.name, 0)
+    done = trainjob_operator.wait_for(lambda: ftj_phase(api, namespace, name, "Succeeded"), 60, "Succeeded")
+    assert done["status"].get("completionTime"), done["status"]
+    assert conditions_of(done)["Succeeded"]["status"] == "True"
+
+
+def test_a_failed_trainer_fails_the_finetunejob_naming_the_pod_and_exit_code(
+    api: client.ApiClient, namespace: str, trainjob_operator: Operator
+) -> None:
+    name = "crashes"
+    create_ftj(api, namespace, small_job(name, nodes=1, gpus=1))
+    (pod,) = running_pods(api, namespace, name, 1)
+    trainjob_operator.wait_for(lambda: ftj_phase(api, namespace, name, "Running"), 60, "Running")
+    end_pod(api, namespace, pod.metadata.name, 1)
+    failed = trainjob_operator.wait_for(lambda: ftj_phase(api, namespace, name, "Failed"), 60, "Failed")
+    message = conditions_of(failed)["Failed"]["message"]
+    assert pod.metadata.name in message
+    assert "container node exited with code 1" in message
+    assert "restarts" not in failed["status"]
+
+
+def test_suspend_resume_and_queue_label_go_to_the_trainjob(
+    api: client.ApiClient, namespace: str, trainjob_operator: Operator
+) -> None:
+    name = "pausable"
+    create_ftj(api, namespace, small_job(name, nodes=1, gpus=1))
+    running_pods(api, namespace, name, 1)
+    patch_spec(api, namespace, name, {"suspend": True, "queueName": "team-gpus"})
+    trainjob_operator.wait_for(lambda: get_trainjob(api, namespace, name)["spec"].get("suspend") is True, 30, "suspend")
+    assert get_trainjob(api, namespace, name)["metadata"]["labels"][names.QUEUE_LABEL] == "team-gpus"
+    trainjob_operator.wait_for(lambda: not pods_of(api, namespace, name), 60, "the pods deleted")
+    trainjob_operator.wait_for(lambda: ftj_phase(api, namespace, name, "Suspended"), 60, "Suspended")
+    patch_spec(api, namespace, name, {"suspend": False})
+    running_pods(api, namespace, name, 1)
+    trainjob_operator.wait_for(lambda: ftj_phase(api, namespace, name, "Running"), 60, "Running again")
+
+
+def test_deleting_the_finetunejob_collects_its_trainjob_and_pods(
+    api: client.ApiClient, namespace: str, trainjob_operator: Operator
+) -> None:
+    name = "doomed"
+    create_ftj(api, namespace, small_job(name, nodes=1, gpus=1))
+    running_pods(api, namespace, name, 1)
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+    def collected() -> bool:
+        try:
+            get_trainjob(api, namespace, name)
+        except ApiException as error:
+            return error.status == 404 and not pods_of(api, namespace, name)
+        return False
+
+    trainjob_operator.wait_for(collected, 60, "TrainJob and pods garbage-collected")
+    stays(lambda: not pods_of(api, namespace, name), 3, "no TrainJob re-created after the delete")
