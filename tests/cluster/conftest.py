@@ -15,12 +15,14 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client, config
 
+from tests.cluster import trainer_v2 as trainer_v2_parts
 from tests.cluster.bindshim import ShimError
 from tests.cluster.controlplane import CACHE, Cluster, missing_artifacts, start_gpu_cluster
 from tests.cluster.nodeagent_handle import NodeAgentHandle, start_node_agent
 from tests.cluster.operator_process import OperatorProcess, apply_crd
 from tests.cluster.prometheus import PROMETHEUS, PodDiscovery, PrometheusServer
 from tests.cluster.trainer_jobs import garbage_collection_works
+from tests.cluster.trainer_v2 import TrainerV2, start_trainer_v2
 from tests.cluster.waiting import wait_for
 
 
@@ -151,3 +153,17 @@ def prometheus(
         server.stop()
         discovery.stop()
         assert not server.alive(), "prometheus still running after stop"
+
+
+@pytest.fixture(scope="session")
+def trainer_v2(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerV2]:
+    """Kubeflow Trainer v2 and JobSet (tests/cluster/trainer_v2.py), started on first use, with our
+    ClusterTrainingRuntime applied. Only the tests of the trainjob backend ask for it."""
+    missing = trainer_v2_parts.missing_artifacts()
+    if missing:
+        _skip_or_fail(f"Trainer v2 / JobSet not built ({', '.join(missing)}): run tests/cluster/build_trainer.sh")
+    started = start_trainer_v2(cluster, tmp_path_factory.mktemp("trainer-v2"))
+    try:
+        yield started
+    finally:
+        started.stop()

@@ -18,7 +18,8 @@ that needs a real trainer exporting real metrics. This agent registers one Node 
 What the kubelet and cluster DNS would provide, done by rewriting each pod's environment:
 - MASTER_ADDR / PET_MASTER_ADDR name a Service (the training-operator's per-replica headless Service, named like
   the pod). Nothing resolves those here, so they become the IP of the pod of that name when this agent runs it
-  (the Master's own IP for the Master), else 127.0.0.1.
+  (the Master's own IP for the Master), else 127.0.0.1. JobSet's pods (a TrainJob's) are named by their DNS name
+  under the JobSet's headless Service instead, `<hostname>.<subdomain>`: resolved the same way.
 - FINETUNE_METRICS_ADDR = the pod IP (the trainer binds /metrics there). NODE_AGENT_POD_IP + LD_PRELOAD of the
   bind shim (bindshim.py): wildcard listeners, like torchrun's rendezvous store on MASTER_PORT, bind the pod IP
   instead — the part of a pod's network namespace that matters here (loopback only, no port clashes).
@@ -43,6 +44,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,6 +107,7 @@ class PodProcess:
     started_at: str
     exit_code: int | None = None
     kill_at: float | None = None  # set once SIGTERM was sent for a deletion
+    dns_name: str = ""  # <hostname>.<subdomain> when the pod sets both (JobSet does: <job>-<index>.<jobset>)
 
     @property
     def key(self) -> str:
@@ -238,6 +241,7 @@ class NodeAgent:
                 self._write_status(meta.namespace, meta.name, objects.unstartable_status(message))
                 return
         running = PodProcess(meta.namespace, meta.name, meta.uid, ip, chosen.name, chosen.image, popen, objects.now())
+        running.dns_name = _dns_name(pod)
         self.pods[meta.uid] = running
         log.info("started %s as pid %d on %s: %s", running.key, popen.pid, ip, " ".join(argv)[:200])
         status = objects.running_status(ip, chosen.name, chosen.image, popen.pid, running.started_at)
@@ -258,7 +262,8 @@ class NodeAgent:
                 env[var.name] = value
         for name in SERVICE_ADDR_VARS:
             if name in env:
-                env[name] = self._resolve(pod.metadata.namespace, env[name], pod.metadata.name, ip)
+                own = _dns_name(pod) if env[name] == _dns_name(pod) else pod.metadata.name
+                env[name] = self._resolve(pod.metadata.namespace, env[name], own, ip)
         env |= {
             "FINETUNE_METRICS_ADDR": ip,
             "HF_HUB_OFFLINE": "1",
@@ -282,14 +287,22 @@ class NodeAgent:
             "status.podIP": ip,
             "status.hostIP": objects.HOST_IP,
         }
-        return values.get(source.field_ref.field_path) if source.field_ref is not None else None
+        if source.field_ref is None:
+            return None
+        path = source.field_ref.field_path
+        indexed = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
+        if indexed:  # e.g. JobSet's rank: metadata.annotations['batch.kubernetes.io/job-completion-index']
+            found = getattr(pod.metadata, indexed.group(1)) or {}
+            return found.get(indexed.group(2))
+        return values.get(path)
 
     def _resolve(self, namespace: str, service: str, own_name: str, own_ip: str) -> str:
         """The "DNS": a replica's Service is named like its pod; its IP when this agent runs that pod."""
         if service == own_name:
             return own_ip
         for running in self.pods.values():
-            if (running.namespace, running.name) == (namespace, service) and running.exit_code is None:
+            named = service in (running.name, running.dns_name)
+            if running.namespace == namespace and named and running.exit_code is None:
                 return running.ip
         return objects.HOST_IP
 
@@ -378,6 +391,13 @@ class NodeAgent:
                 log.warning("sync failed: %s", error)  # restarting (a kubelet rides out an outage): next pass
             time.sleep(LOOP_S)
         self.shutdown()
+
+
+def _dns_name(pod: client.V1Pod) -> str:
+    """The pod's own DNS name under its headless Service (hostname.subdomain), as cluster DNS would serve it."""
+    if pod.spec.hostname and pod.spec.subdomain:
+        return f"{pod.spec.hostname}.{pod.spec.subdomain}"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,16 +53,22 @@ def config(targets_file: Path) -> dict[str, Any]:
 
 
 def pod_targets(pods: list[client.V1Pod]) -> list[dict[str, Any]]:
-    """file_sd groups: one per Running pod with an IP and a container port named `metrics`."""
+    """file_sd groups: one per Running pod with an IP and a container port named `metrics` (or, without one, the
+    prometheus.io/scrape + prometheus.io/port annotations)."""
     groups = []
     for pod in sorted(pods, key=lambda pod: (pod.metadata.namespace, pod.metadata.name)):
         if pod.status.phase != "Running" or not pod.status.pod_ip or pod.metadata.deletion_timestamp:
             continue
-        ports = [port for c in pod.spec.containers for port in c.ports or [] if port.name == "metrics"]
+        ports = [port.container_port for c in pod.spec.containers for port in c.ports or [] if port.name == "metrics"]
+        annotations = pod.metadata.annotations or {}
+        if not ports and annotations.get("prometheus.io/scrape") == "true" and annotations.get("prometheus.io/port"):
+            # The common annotation-based scrape config: what finds a TrainJob's pods, whose container ports
+            # Trainer v2.3's runtime patch cannot declare.
+            ports = [int(annotations["prometheus.io/port"])]
         if ports:
             groups.append(
                 {
-                    "targets": [f"{pod.status.pod_ip}:{port.container_port}" for port in ports],
+                    "targets": [f"{pod.status.pod_ip}:{port}" for port in ports],
                     "labels": {"pod": pod.metadata.name, "pod_namespace": pod.metadata.namespace},
                 }
             )

@@ -14,8 +14,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from finetune_contract import names
-from finetune_operator.children.trainjob import UnsupportedFieldError, render_trainjob, runtime_manifest
-from tests.cluster.conftest import _skip_or_fail
+from finetune_operator.children.trainjob import UnsupportedFieldError, render_trainjob
 from tests.cluster.controlplane import GPU_RESOURCE, Cluster
 from tests.cluster.operator_process import ConfiguredOperator as Operator
 from tests.cluster.operator_process import apply_crd, stop_cleanly
@@ -23,29 +22,13 @@ from tests.cluster.pytorchjobs import end_pod
 from tests.cluster.storage import shared_output_claim
 from tests.cluster.test_operator import GROUP, PLURAL, VERSION, patch_spec, small_job
 from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj
-from tests.cluster.trainer_v2 import TrainerV2, missing_artifacts, start_trainer_v2
+from tests.cluster.trainer_v2 import TRAINER_IMAGE, TrainerV2
 from tests.cluster.waiting import stays, wait_for
 from tests.manifests import JOB_EXAMPLES, minimal_job
 
 pytestmark = pytest.mark.cluster
 
-TRAINER_IMAGE = "test/trainer:1"
 CONTAINER = names.TRAINJOB_CONTAINER
-
-
-@pytest.fixture(scope="module")
-def trainer_v2(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerV2]:
-    missing = missing_artifacts()
-    if missing:
-        _skip_or_fail(f"Trainer v2 / JobSet not built ({', '.join(missing)}): run tests/cluster/build_trainer.sh")
-    started = start_trainer_v2(cluster, tmp_path_factory.mktemp("trainer-v2"))
-    runtime = yaml.safe_dump(runtime_manifest(trainer_image=TRAINER_IMAGE))
-    try:
-        cluster.kubectl("apply", "-f", "-", stdin=runtime)
-        yield started
-    finally:
-        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", stdin=runtime, check=False)
-        started.stop()
 
 
 def custom(api: client.ApiClient) -> client.CustomObjectsApi:

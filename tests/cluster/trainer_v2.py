@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from finetune_operator.children.trainjob import runtime_manifest
 from tests.cluster.components import free_port
 from tests.cluster.controlplane import CACHE, Cluster, _http_ok
 from tests.cluster.processes import Process, spawn, stop_all
@@ -29,6 +30,8 @@ from tests.cluster.processes import Process, spawn, stop_all
 TRAINER_DIR = CACHE / "trainer"
 BINARIES = ("trainer-controller-manager", "jobset")
 STARTUP_TIMEOUT_S = 120.0
+TRAINER_IMAGE = "test/trainer:1"
+"""The image our ClusterTrainingRuntime names in the tests (the node agent ignores images)."""
 CRDS = ("jobsets.jobset.x-k8s.io", "trainjobs.trainer.kubeflow.org", "clustertrainingruntimes.trainer.kubeflow.org")
 
 
@@ -108,6 +111,18 @@ class TrainerV2:
 
 
 def start_trainer_v2(cluster: Cluster, workdir: Path) -> TrainerV2:
+    """CRDs, webhooks, JobSet and Trainer, then our ClusterTrainingRuntime (`runtime_manifest`) as a user applies
+    it."""
+    started = _start_controllers(cluster, workdir)
+    try:
+        cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(runtime_manifest(trainer_image=TRAINER_IMAGE)))
+    except BaseException:
+        started.stop()
+        raise
+    return started
+
+
+def _start_controllers(cluster: Cluster, workdir: Path) -> TrainerV2:
     """CRDs, webhooks, then JobSet and Trainer; returns once both report ready and their webhooks answer."""
     for crd in sorted((TRAINER_DIR / "crds").glob("*.yaml")):
         cluster.kubectl("apply", "--server-side", "--field-manager=finetune-tests", "--force-conflicts", "-f", str(crd))
