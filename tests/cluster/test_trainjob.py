@@ -278,3 +278,27 @@ def test_deleting_the_finetunejob_collects_its_trainjob_and_pods(
 
     trainjob_operator.wait_for(collected, 60, "TrainJob and pods garbage-collected")
     stays(lambda: not pods_of(api, namespace, name), 3, "no TrainJob re-created after the delete")
+
+
+def test_a_trainjob_whose_pods_cannot_be_created_says_so(
+    api: client.ApiClient, namespace: str, trainjob_operator: Operator
+) -> None:
+    """A ResourceQuota of 0 pods: the Job controller's FailedCreate Events on the JobSet's Job reach the job."""
+    core = client.CoreV1Api(api)
+    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}})
+    wait_for(
+        lambda: (core.read_namespaced_resource_quota("no-pods", namespace).status.hard or {}).get("pods") == "0",
+        30,
+        "the quota accounted by the controller-manager",
+    )
+    name = "podless"
+    create_ftj(api, namespace, small_job(name, nodes=1, gpus=1))
+
+    def said() -> dict[str, Any] | None:
+        found = conditions_of(get_ftj(api, namespace, name)).get("PodsNotCreated") or {}
+        return found if found.get("status") == "True" else None
+
+    found = trainjob_operator.wait_for(said, 60, "PodsNotCreated")
+    assert found["reason"] == "FailedCreatePod"
+    assert "exceeded quota" in found["message"], found
+    assert (get_ftj(api, namespace, name).get("status") or {}).get("phase") == "Pending"

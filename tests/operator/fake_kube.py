@@ -208,9 +208,13 @@ class FakeKube:
             if ((pod.get("metadata") or {}).get("labels") or {}).get(backend.pod_label, child_name) == child_name
         ]
 
-    def list_child_events(self, namespaces: tuple[str, ...], reason: str) -> list[Manifest]:
+    def list_child_events(self, namespaces: tuple[str, ...], reason: str, kind: str = "PyTorchJob") -> list[Manifest]:
         self.calls.append("list_child_events")
-        return [event for event in self.child_events if event.get("reason") == reason]
+        return [
+            event
+            for event in self.child_events
+            if event.get("reason") == reason and (event.get("involvedObject") or {}).get("kind", kind) == kind
+        ]
 
     # -- Nodes: the table the API server prints, and the pods bound to a node --------------------------------------
 

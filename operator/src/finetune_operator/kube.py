@@ -174,9 +174,11 @@ class Kube:
         )
         self.core.create_namespaced_event(metadata["namespace"], event)
 
-    def list_child_events(self, namespaces: tuple[str, ...], reason: str) -> list[Manifest]:
-        """Events with this reason on PyTorchJobs, in the watched namespaces (all when empty): one LIST each."""
-        selector = f"involvedObject.kind={names.PYTORCHJOB_KIND},reason={reason}"
+    def list_child_events(
+        self, namespaces: tuple[str, ...], reason: str, kind: str = names.PYTORCHJOB_KIND
+    ) -> list[Manifest]:
+        """Events with this reason on objects of `kind`, in the watched namespaces (all when empty): one LIST each."""
+        selector = f"involvedObject.kind={kind},reason={reason}"
         if not namespaces:
             listed = [self.core.list_event_for_all_namespaces(field_selector=selector)]
         else:

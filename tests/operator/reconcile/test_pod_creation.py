@@ -17,6 +17,7 @@ from finetune_operator.reconcile.pod_creation import (
     check_pod_creation,
     failures_by_child,
     pods_condition,
+    trainjob_of_job,
 )
 from tests.manifests import minimal_job
 from tests.operator.fake_kube import FakeKube
@@ -86,3 +87,40 @@ def test_the_mirror_clears_it_once_pods_run() -> None:
     out = mirrored_status(current, child, "", STAMP)
     cleared = {c["type"]: c for c in out["conditions"]}[CONDITION]
     assert cleared["status"] == "False"
+
+
+def job_event(job: str, message: str, seen: datetime) -> dict[str, Any]:
+    """The Job controller's Event on a TrainJob's Job (<jobset>-node-<i>)."""
+    return {
+        "involvedObject": {"kind": "Job", "namespace": "ns", "name": job},
+        "reason": "FailedCreate",
+        "message": message,
+        "count": 2,
+        "lastTimestamp": seen.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def test_the_jobset_of_a_job_is_its_name_less_the_replicated_job_suffix() -> None:
+    assert trainjob_of_job("train-node-0") == "train"
+    assert trainjob_of_job("my-node-job-node-12") == "my-node-job"
+    assert trainjob_of_job("backup-cron-123") is None
+    assert trainjob_of_job("node-0") is None
+
+
+def test_trainjob_children_are_told_from_their_jobs_events_one_list_per_kind() -> None:
+    fake = FakeKube()
+    ctx = Context(kube=cast(Kube, fake), config=OperatorConfig(), metrics=OperatorMetrics(), clock=lambda: NOW)
+    for name, field in (("tj", "trainJobName"), ("pj", "pytorchJobName"), ("other", "trainJobName")):
+        fake.add_job(minimal_job(name), "ns")
+        fake.jobs[("ns", name)]["status"] = {"phase": "Pending", field: name}
+    fake.child_events = [
+        job_event("tj-node-0", 'pods "tj-node-0-0-x" is forbidden: exceeded quota: no-pods', NOW),
+        job_event("unrelated-batch", "exceeded quota", NOW),
+        event("pj", "forbidden: exceeded quota", NOW),
+    ]
+    check_pod_creation(ctx, fake.list_jobs(()))
+    assert fake.calls.count("list_child_events") == 2  # one per child kind with Pending jobs
+    found = {name: {c["type"]: c for c in job["status"].get("conditions", [])} for (_, name), job in fake.jobs.items()}
+    assert "exceeded quota: no-pods" in found["tj"][CONDITION]["message"]
+    assert found["pj"][CONDITION]["status"] == "True"
+    assert CONDITION not in found["other"]
