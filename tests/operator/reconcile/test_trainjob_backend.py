@@ -147,3 +147,19 @@ def test_the_rank0_pod_of_the_jobset_is_scraped(fake: FakeKube, ctx: Context) ->
     job = fake.job_manifest(NS, NAME)
     url = Evaluator(ctx)._master_url(job, FineTuneJob.model_validate(job))
     assert url == "http://10.0.0.1:8000/metrics"
+
+
+def test_a_running_trainjob_gives_the_job_a_start_time_once(fake: FakeKube, ctx: Context) -> None:
+    """TrainJob has no status.startTime; the first mirror that sees it Running stamps the job (early stopping's
+    GPU-seconds-saved and the sweep's timings read it)."""
+    start(fake, ctx)
+    child = fake.children[(NS, CHILD)]
+    child["status"] = {"jobsStatus": [{"name": "node", "ready": 1, "active": 1}]}
+    mirror_child(ctx, child, None, lambda *_: None)
+    status = fake.jobs[(NS, NAME)]["status"]
+    assert (status["phase"], status["startTime"]) == ("Running", "2026-12-01T12:00:00Z")
+    child["status"]["conditions"] = [{"type": "Complete", "status": "True", "reason": "AllJobsCompleted"}]
+    mirror_child(ctx, child, None, lambda *_: None)
+    status = fake.jobs[(NS, NAME)]["status"]
+    assert (status["phase"], status["startTime"]) == ("Succeeded", "2026-12-01T12:00:00Z")
+    assert status["completionTime"] == "2026-12-01T12:00:00Z"

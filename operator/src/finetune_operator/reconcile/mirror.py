@@ -75,6 +75,8 @@ def mirrored_status(current: Manifest, child: Manifest, details: str, now: str) 
     child_status = child.get("status") or {}
     if child_status.get("startTime"):
         out["startTime"] = child_status["startTime"]
+    elif phase == JobPhase.Running and not current.get("startTime"):
+        out["startTime"] = now  # a TrainJob has no start time: the first time it is seen running stands in
     if phase in (JobPhase.Succeeded, JobPhase.Failed):
         out["completionTime"] = child_status.get("completionTime") or current.get("completionTime") or now
     return out
