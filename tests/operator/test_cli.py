@@ -47,6 +47,14 @@ def test_render_trainjob_backend_and_its_runtime() -> None:
     assert yaml.safe_load(runtime.stdout) == runtime_manifest("team-runtime", "registry.example/trainer:2")
 
 
+def test_a_bad_runtime_name_is_refused_naming_the_rule() -> None:
+    for args in (["runtime", "--name", "Bad Name"], ["render", "--backend", "trainjob", "--runtime", "x y", "-"]):
+        result = finetune(*args, stdin="")
+        assert result.returncode == 2, args
+        assert "is not a valid ClusterTrainingRuntime name (lowercase letters" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_render_trainjob_refuses_what_a_trainjob_cannot_carry_by_field() -> None:
     job = minimal_job("urgent", resources={"priorityClassName": "high"})
     result = finetune("render", "--backend", "trainjob", "-", stdin=yaml.safe_dump(job))

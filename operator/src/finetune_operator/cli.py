@@ -7,6 +7,7 @@ Input errors exit with code 2 and one line per problem (file, field path, rule, 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -175,6 +176,16 @@ def port_number(text: str) -> int:
     return value
 
 
+def runtime_name(text: str) -> str:
+    """--runtime / --name: a ClusterTrainingRuntime's name is a DNS-1123 subdomain (the API server's rule)."""
+    if len(text) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a valid ClusterTrainingRuntime name (lowercase letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters)"
+        )
+    return text
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     sys.stdout.write(crdgen.all_crds_yaml())
     return EXIT_OK
@@ -199,13 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the child kind: a Kubeflow PyTorchJob (training-operator v1) or TrainJob (Kubeflow Trainer v2.3)",
     )
     render_cmd.add_argument(
-        "--runtime", default=trainjob.RUNTIME_NAME, help="the ClusterTrainingRuntime a TrainJob names"
+        "--runtime",
+        type=runtime_name,
+        default=trainjob.RUNTIME_NAME,
+        help="the ClusterTrainingRuntime a TrainJob names",
     )
     render_cmd.set_defaults(handler=cmd_render)
     runtime_cmd = commands.add_parser(
         "runtime", help="print the ClusterTrainingRuntime that TrainJobs rendered by the trainjob backend name"
     )
-    runtime_cmd.add_argument("--name", default=trainjob.RUNTIME_NAME, help="the runtime's name")
+    runtime_cmd.add_argument("--name", type=runtime_name, default=trainjob.RUNTIME_NAME, help="the runtime's name")
     runtime_cmd.add_argument("--image", default=DEFAULT_TRAINER_IMAGE, help="the trainer image")
     runtime_cmd.set_defaults(handler=cmd_runtime)
     validate_cmd = commands.add_parser(
