@@ -109,6 +109,11 @@ class OperatorProcess:
             TRAINER_IMAGE,
             "--pod-check-interval",
             "1",
+            # Explicit: once a test has started Trainer v2 (a session fixture), its CRDs stay installed and the
+            # default `auto` would make every later operator run TrainJobs. Tests of the trainjob backend (and of
+            # `auto`) pass their own --backend, which argparse takes over this one (the last wins).
+            "--backend",
+            "pytorchjob",
             *no_pod_scraping(),
         ]
 

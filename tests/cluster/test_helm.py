@@ -282,7 +282,9 @@ def crd_served(cluster: Cluster) -> None:
 @pytest.fixture(scope="module")
 def cluster_release(helm: str, cluster: Cluster, crd_served: None) -> Iterator[Release]:
     release = Release(helm, cluster, f"ftop-{uuid.uuid4().hex[:6]}", f"helm-ops-{uuid.uuid4().hex[:6]}")
-    release.install({"trainer": {"image": {"repository": "test/trainer", "tag": "1"}}})
+    # backend pytorchjob: Trainer v2's CRDs may be installed by then (a session fixture), and `auto` would pick
+    # TrainJob and install the ClusterTrainingRuntime that fixture already applied.
+    release.install({"trainer": {"image": {"repository": "test/trainer", "tag": "1"}}, "backend": "pytorchjob"})
     try:
         yield release
     finally:
@@ -298,7 +300,11 @@ def namespaced_release(helm: str, cluster: Cluster, crd_served: None) -> Iterato
     for name in (*release.watched, release.unwatched):
         create_namespace(cluster, name)
     release.install(
-        {"watchNamespaces": list(release.watched), "trainer": {"image": {"repository": "test/trainer", "tag": "1"}}}
+        {
+            "watchNamespaces": list(release.watched),
+            "trainer": {"image": {"repository": "test/trainer", "tag": "1"}},
+            "backend": "pytorchjob",
+        }
     )
     try:
         yield release
@@ -334,7 +340,9 @@ def test_operator_pod_is_admitted_by_restricted_pod_security(helm: str, cluster:
     }
     manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": release.namespace, "labels": labels}}
     cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
-    release.install({"trainer": {"image": {"repository": "test/trainer", "tag": "1"}}})
+    # backend pytorchjob: Trainer v2's CRDs may be installed by then (a session fixture), and `auto` would pick
+    # TrainJob and install the ClusterTrainingRuntime that fixture already applied.
+    release.install({"trainer": {"image": {"repository": "test/trainer", "tag": "1"}}, "backend": "pytorchjob"})
     try:
 
         def pods() -> list[str]:
@@ -415,6 +423,8 @@ def test_cluster_identity_is_least_privilege(cluster_release: Release, tmp_path:
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("create", "events", "default"),
         ("list", "events", None),  # the FailedCreatePod check: one field-selected LIST for all jobs
+        ("create", "trainjobs.trainer.kubeflow.org", "default"),  # the trainjob backend's children
+        ("patch", "workloads.kueue.x-k8s.io", "default"),  # a user's suspend of a job Kueue manages
         ("list", "nodes", None),  # the lost-node check: a table LIST, then a GET per node not Ready
         ("get", "nodes", None),
     ):
@@ -424,6 +434,8 @@ def test_cluster_identity_is_least_privilege(cluster_release: Release, tmp_path:
         ("list", "secrets", None),
         ("delete", "nodes", None),
         ("patch", "nodes", None),
+        ("delete", "workloads.kueue.x-k8s.io", "default"),
+        ("get", "clustertrainingruntimes.trainer.kubeflow.org", None),  # never read: the webhook checks it
         ("watch", "nodes", None),
         ("create", "pods", ns),
         ("watch", "pods", None),

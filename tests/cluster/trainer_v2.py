@@ -28,17 +28,25 @@ from tests.cluster.controlplane import CACHE, Cluster, _http_ok
 from tests.cluster.processes import Process, spawn, stop_all
 
 TRAINER_DIR = CACHE / "trainer"
-BINARIES = ("trainer-controller-manager", "jobset")
+BINARIES = ("trainer-controller-manager", "jobset", "kueue")
 STARTUP_TIMEOUT_S = 120.0
 TRAINER_IMAGE = "test/trainer:1"
 """The image our ClusterTrainingRuntime names in the tests (the node agent ignores images)."""
 CRDS = ("jobsets.jobset.x-k8s.io", "trainjobs.trainer.kubeflow.org", "clustertrainingruntimes.trainer.kubeflow.org")
+KUEUE_CRDS = ("clusterqueues.kueue.x-k8s.io", "localqueues.kueue.x-k8s.io", "workloads.kueue.x-k8s.io")
+KUEUE_NAMESPACE = "kueue-system"
+KUEUE_METRICS_CERTS = Path("/etc/kueue/metrics/certs")
+KUEUE_FRAMEWORKS = ("kubeflow.org/pytorchjob", "trainer.kubeflow.org/trainjob")
 
 
 def missing_artifacts(cache: Path = CACHE) -> list[str]:
     """What build_trainer.sh has not produced yet (empty: ready)."""
     missing = [name for name in BINARIES if not (cache / "bin" / name).is_file()]
-    for path in ("trainer/crds", "trainer/webhooks/trainer.yaml", "trainer/webhooks/jobset.yaml"):
+    for path in (
+        "trainer/crds",
+        "trainer/kueue-crds",
+        *(f"trainer/webhooks/{n}.yaml" for n in ("trainer", "jobset", "kueue")),
+    ):
         if not (cache / path).exists():
             missing.append(path)
     return missing
@@ -66,6 +74,17 @@ class Controller:
             "webhook": {"port": self.webhook_port, "host": "127.0.0.1"},
             "leaderElection": {"leaderElect": False},
         }
+        if self.name == "kueue":
+            return {
+                "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+                "kind": "Configuration",
+                "namespace": KUEUE_NAMESPACE,
+                **common,
+                "webhook": {**common["webhook"], "certDir": str(self.cert_dir)},
+                "internalCertManagement": {"enable": False},
+                "manageJobsWithoutQueueName": False,
+                "integrations": {"frameworks": list(KUEUE_FRAMEWORKS)},
+            }
         if self.name == "jobset":
             return {
                 "apiVersion": "config.jobset.x-k8s.io/v1alpha1",
@@ -82,16 +101,25 @@ class Controller:
         }
 
 
-def registered_webhooks(manifests: str, controller: Controller, ca_bundle: str) -> list[dict[str, Any]]:
-    """The module's webhook configurations, renamed per controller and pointed at 127.0.0.1 (pure)."""
+def registered_webhooks(
+    manifests: str, controller: Controller, ca_bundle: str, served: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """The module's webhook configurations, renamed per controller and pointed at 127.0.0.1 (pure). `served`:
+    keep only hooks whose path contains one of these (Kueue ships hooks for every integration, pods included;
+    registering one its server does not serve would refuse every such object cluster-wide)."""
     out = []
     for document in yaml.safe_load_all(manifests):
         if not document:
             continue
         document["metadata"] = {"name": f"{controller.name}-{document['metadata']['name']}"}
+        hooks = []
         for hook in document.get("webhooks") or []:
             path = hook["clientConfig"]["service"].get("path", "/")
+            if served and not any(part in path for part in served):
+                continue
             hook["clientConfig"] = {"url": f"https://127.0.0.1:{controller.webhook_port}{path}", "caBundle": ca_bundle}
+            hooks.append(hook)
+        document["webhooks"] = hooks
         out.append(document)
     return out
 
@@ -103,11 +131,14 @@ class TrainerV2:
     cluster: Cluster
     processes: list[Process]
     webhooks: list[tuple[str, str]]  # (kind, name)
+    files: list[Path] = field(default_factory=list)  # written outside the test's folders, removed at stop
 
     def stop(self) -> None:
         for kind, name in self.webhooks:
             self.cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
         stop_all(self.processes)
+        for path in self.files:
+            path.unlink(missing_ok=True)
 
 
 def start_trainer_v2(cluster: Cluster, workdir: Path) -> TrainerV2:
@@ -124,33 +155,71 @@ def start_trainer_v2(cluster: Cluster, workdir: Path) -> TrainerV2:
 
 def _start_controllers(cluster: Cluster, workdir: Path) -> TrainerV2:
     """CRDs, webhooks, then JobSet and Trainer; returns once both report ready and their webhooks answer."""
-    for crd in sorted((TRAINER_DIR / "crds").glob("*.yaml")):
-        cluster.kubectl("apply", "--server-side", "--field-manager=finetune-tests", "--force-conflicts", "-f", str(crd))
-    for crd in CRDS:
-        cluster.wait_condition(f"crd/{crd}", "Established")
-    assert cluster.pki is not None
-    ca_bundle = base64.b64encode(cluster.pki.ca_cert.read_bytes()).decode()
+    _apply_crds(cluster, sorted((TRAINER_DIR / "crds").glob("*.yaml")), CRDS)
     started = TrainerV2(cluster, [], [])
     try:
         for name, binary in (("jobset", "jobset"), ("trainer", "trainer-controller-manager")):
-            controller = Controller(name, workdir / name)
-            controller.cert_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cluster.pki.serving_cert, controller.cert_dir / "tls.crt")
-            shutil.copyfile(cluster.pki.serving_key, controller.cert_dir / "tls.key")
-            config = controller.workdir / "config.yaml"
-            config.write_text(yaml.safe_dump(controller.config()))
-            hooks = registered_webhooks((TRAINER_DIR / "webhooks" / f"{name}.yaml").read_text(), controller, ca_bundle)
-            cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(hooks))
-            started.webhooks += [(hook["kind"], hook["metadata"]["name"]) for hook in hooks]
-            env = {"KUBECONFIG": str(cluster.kubeconfig), "TMPDIR": str(controller.workdir / "tmp")}
-            argv = [str(CACHE / "bin" / binary), f"--config={config}"]
-            process = spawn(name, argv, controller.workdir / f"{name}.log", env=env)
-            started.processes.append(process)
-            _wait_ready(process, f"http://127.0.0.1:{controller.health_port}/readyz")
+            _start_one(cluster, started, Controller(name, workdir / name), binary)
     except BaseException:
         started.stop()
         raise
     return started
+
+
+def start_kueue(cluster: Cluster, workdir: Path) -> TrainerV2:
+    """Kueue v0.17 with the PyTorchJob and TrainJob integrations only, its webhooks for those and its own kinds."""
+    _apply_crds(cluster, sorted((TRAINER_DIR / "kueue-crds").glob("*.yaml")), KUEUE_CRDS)
+    cluster.kubectl("create", "namespace", KUEUE_NAMESPACE, check=False)
+    started = TrainerV2(cluster, [], [])
+    try:
+        controller = Controller("kueue", workdir / "kueue")
+        # With its own certificate management off, Kueue loads a metrics certificate from this fixed path (even
+        # with metrics off); the API server's serving certificate stands in. Removed again at stop.
+        KUEUE_METRICS_CERTS.mkdir(parents=True, exist_ok=True)
+        assert cluster.pki is not None
+        for source, target in ((cluster.pki.serving_cert, "tls.crt"), (cluster.pki.serving_key, "tls.key")):
+            shutil.copyfile(source, KUEUE_METRICS_CERTS / target)
+            started.files.append(KUEUE_METRICS_CERTS / target)
+        served = ("kueue-x-k8s-io", "pytorchjob", "trainjob")
+        # The on-demand visibility API server wants certificates from /visibility; nothing here uses it.
+        _start_one(cluster, started, controller, "kueue", served, ["--feature-gates=VisibilityOnDemand=false"])
+    except BaseException:
+        started.stop()
+        raise
+    return started
+
+
+def _apply_crds(cluster: Cluster, files: list[Path], names: tuple[str, ...]) -> None:
+    for crd in files:
+        cluster.kubectl("apply", "--server-side", "--field-manager=finetune-tests", "--force-conflicts", "-f", str(crd))
+    for name in names:
+        cluster.wait_condition(f"crd/{name}", "Established")
+
+
+def _start_one(
+    cluster: Cluster,
+    started: TrainerV2,
+    controller: Controller,
+    binary: str,
+    served: tuple[str, ...] = (),
+    extra: list[str] | None = None,
+) -> None:
+    assert cluster.pki is not None
+    ca_bundle = base64.b64encode(cluster.pki.ca_cert.read_bytes()).decode()
+    controller.cert_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cluster.pki.serving_cert, controller.cert_dir / "tls.crt")
+    shutil.copyfile(cluster.pki.serving_key, controller.cert_dir / "tls.key")
+    config = controller.workdir / "config.yaml"
+    config.write_text(yaml.safe_dump(controller.config()))
+    manifests = (TRAINER_DIR / "webhooks" / f"{controller.name}.yaml").read_text()
+    hooks = registered_webhooks(manifests, controller, ca_bundle, served)
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(hooks))
+    started.webhooks += [(hook["kind"], hook["metadata"]["name"]) for hook in hooks]
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "TMPDIR": str(controller.workdir / "tmp")}
+    argv = [str(CACHE / "bin" / binary), f"--config={config}", *(extra or [])]
+    process = spawn(controller.name, argv, controller.workdir / f"{controller.name}.log", env=env)
+    started.processes.append(process)
+    _wait_ready(process, f"http://127.0.0.1:{controller.health_port}/readyz")
 
 
 def _wait_ready(process: Process, url: str) -> None:

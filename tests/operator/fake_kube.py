@@ -43,6 +43,8 @@ class FakeKube:
         self.sweeps: dict[tuple[str, str], Manifest] = {}
         self.nodes: dict[str, Manifest] = {}  # name -> Node (its Ready condition is what the table shows)
         self.refuse_nodes: ApiException | None = None
+        self.kueue_installed = False
+        self.workloads: dict[tuple[str, str], Manifest] = {}  # (namespace, child uid) -> Kueue Workload
         self._versions = itertools.count(1)
 
     # -- FineTuneJobs ------------------------------------------------------------------------------------------
@@ -240,6 +242,21 @@ class FakeKube:
             for pod in pods
             if (pod.get("spec") or {}).get("nodeName") == node and (not namespaces or namespace in namespaces)
         ]
+
+    # -- Kueue ----------------------------------------------------------------------------------------------------
+
+    def child_workload(self, namespace: str, child_uid: str) -> tuple[bool, Manifest | None]:
+        self.calls.append("child_workload")
+        found = self.workloads.get((namespace, child_uid))
+        return self.kueue_installed, copy.deepcopy(found) if found else None
+
+    def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        self.calls.append(f"set_workload_active {name} {active}")
+        for (ns, _), workload in self.workloads.items():
+            if ns == namespace and workload["metadata"]["name"] == name:
+                workload.setdefault("spec", {})["active"] = active
+                return
+        raise api_error(404, f"workloads {name} not found")
 
     def job_manifest(self, namespace: str, name: str) -> Manifest:
         """The job as the watch would deliver it now."""

@@ -130,6 +130,11 @@ RBAC rules for the namespaced resources the operator reads and writes. Every ver
 - apiGroups: ["trainer.kubeflow.org"]
   resources: ["trainjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Kueue's Workload of a queued child: listed by its job-uid label, and patched (spec.active only) when the user
+# suspends or resumes a job Kueue manages — Kueue's own switch; the child's suspend is Kueue's to write then.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "patch"]
 # The child's pods, listed by label: exit codes for the Failed condition, the Master pod's IP for the
 # direct-scrape fallback. Never watched, never read one by one.
 - apiGroups: [""]

@@ -93,6 +93,30 @@ class Kube:
             raise
         return True
 
+    def child_workload(self, namespace: str, child_uid: str) -> tuple[bool, Manifest | None]:
+        """(Kueue installed?, the Kueue Workload admitting the child with this uid, if any)."""
+        try:
+            listed = self.custom.list_namespaced_custom_object(
+                names.KUEUE_GROUP,
+                names.KUEUE_VERSION,
+                namespace,
+                names.WORKLOAD_PLURAL,
+                label_selector=f"{names.KUEUE_JOB_UID_LABEL}={child_uid}",
+            )
+        except ApiException as error:
+            if is_status(error, 404):
+                return False, None  # no such resource: Kueue is not installed
+            raise
+        found = cast(Manifest, listed)
+        items = [item for item in found.get("items") or [] if not item["metadata"].get("deletionTimestamp")]
+        return True, (cast(Manifest, items[0]) if items else None)
+
+    def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        """Kueue's own switch for a job a user stops or resumes: spec.active of its Workload."""
+        self.custom.patch_namespaced_custom_object(
+            names.KUEUE_GROUP, names.KUEUE_VERSION, namespace, names.WORKLOAD_PLURAL, name, {"spec": {"active": active}}
+        )
+
     def installed_crds(self, candidates: tuple[str, ...]) -> list[str]:
         """Which of the named CustomResourceDefinitions are installed (a GET each: a LIST would carry every
         CRD's whole schema), for `--backend auto`."""

@@ -30,6 +30,7 @@ CHILD_CONFLICT = "ChildConflict"
 FOREIGN_TERMINATING_RETRY_SECONDS = 2
 FOREIGN_CHILD_RETRY_SECONDS = 10
 RETRIABLE_CLIENT_ERRORS = (408, 409, 429)
+KUEUE_RETRY_SECONDS = 2
 
 
 def sync_child(ctx: Context, job: Manifest) -> None:
@@ -65,8 +66,10 @@ def sync_child(ctx: Context, job: Manifest) -> None:
     ):
         recovery.restart(ctx, job, child)  # raises: called again until the new child exists
     rejected = rejected_paths(child, model)
-    apply_mutable(ctx, child, model)
+    waiting_for_kueue = apply_mutable(ctx, child, model)
     record(ctx, job, child, rejected)
+    if waiting_for_kueue:
+        raise kopf.TemporaryError("suspend asked for before Kueue made the child's Workload", delay=KUEUE_RETRY_SECONDS)
 
 
 def create_or_adopt(ctx: Context, job: Manifest, model: FineTuneJob, rendered: Manifest) -> Manifest | None:
@@ -166,17 +169,35 @@ def rejected_paths(child: Manifest, model: FineTuneJob) -> list[str]:
     return changes.changed_paths(json.loads(recorded), applied_spec(model))
 
 
-def apply_mutable(ctx: Context, child: Manifest, model: FineTuneJob) -> None:
-    """suspend ↔ the child's suspend (its controller frees or recreates the pods); the Kueue queue label."""
+def apply_mutable(ctx: Context, child: Manifest, model: FineTuneJob) -> bool:
+    """suspend ↔ the child's suspend (its controller frees or recreates the pods); the Kueue queue label.
+
+    Who owns the child's suspend: without a queue, the operator (it is the job's spec.suspend). With a queue and
+    Kueue installed, Kueue: its webhook suspends the child at creation, it unsuspends it on admission and
+    suspends it again on preemption — so the operator never writes it, and a user's spec.suspend goes to Kueue's
+    own switch, the child's Workload `spec.active` (false: Kueue evicts and keeps it suspended; true: queued
+    again). Writing the child's suspend instead would fight Kueue: it unsuspends an admitted job that is
+    suspended, and suspends an unadmitted one that is not. True: a suspend waits for Kueue to make the Workload
+    (a sync a moment after the child was created): call again."""
     backend = backends.backend_of_child(child)
+    namespace, name = child["metadata"]["namespace"], child["metadata"]["name"]
     patch: Manifest = {}
-    if backend.suspended(child) != model.spec.suspend:
-        patch.update(backend.suspend_patch(model.spec.suspend))
     labels = child["metadata"].get("labels") or {}
+    queued = bool(labels.get(names.QUEUE_LABEL)) and bool(model.spec.queue_name)
+    if queued:
+        kueue, workload = ctx.kube.child_workload(namespace, str(child["metadata"].get("uid")))
+    else:
+        kueue, workload = False, None
+    if workload is not None:
+        if bool(workload.get("spec", {}).get("active", True)) == model.spec.suspend:
+            ctx.kube.set_workload_active(namespace, workload["metadata"]["name"], not model.spec.suspend)
+    elif not kueue and backend.suspended(child) != model.spec.suspend:
+        patch.update(backend.suspend_patch(model.spec.suspend))
     if labels.get(names.QUEUE_LABEL) != model.spec.queue_name:
         patch["metadata"] = {"labels": {names.QUEUE_LABEL: model.spec.queue_name}}
     if patch:
-        ctx.kube.patch_child(child["metadata"]["namespace"], child["metadata"]["name"], patch, backend)
+        ctx.kube.patch_child(namespace, name, patch, backend)
+    return kueue and workload is None and model.spec.suspend
 
 
 def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) -> None:
@@ -211,7 +232,7 @@ def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) ->
             "conditions": conditions,
         }
         if current.get("phase") is None or _condition_true(current, INVALID_SPEC):
-            out["phase"] = str(status.phase_from_child(child))
+            out["phase"] = str(status.phase_for(child, bool(job.get("spec", {}).get("suspend", False))))
         restarted = recovery.after_new_child(current | {"conditions": conditions}, child, ctx.now())
         return out | restarted
 

@@ -50,8 +50,9 @@ def mirror_child(
             if planned is not None:
                 restart_in.append(recovery.seconds_left({**job, "status": status_of(job) | planned}, ctx.clock()))
                 return planned
-            return mirrored_status(status_of(job), child, details + recovery.exhausted_note(job, failure), ctx.now())
-        return mirrored_status(status_of(job), child, details, ctx.now())
+            note = details + recovery.exhausted_note(job, failure)
+            return mirrored_status(status_of(job), child, note, ctx.now(), _user_suspended(job))
+        return mirrored_status(status_of(job), child, details, ctx.now(), _user_suspended(job))
 
     known = cached(namespace, name) if cached else None
     update_status(ctx, namespace, name, change, known=known, confirm_noop=False)
@@ -59,12 +60,18 @@ def mirror_child(
         schedule(namespace, name, restart_in[0])
 
 
-def mirrored_status(current: Manifest, child: Manifest, details: str, now: str) -> Manifest:
-    """The status fields the child determines (pure; `now` stamps new conditions and a missing completion time)."""
+def mirrored_status(
+    current: Manifest, child: Manifest, details: str, now: str, user_suspended: bool | None = None
+) -> Manifest:
+    """The status fields the child determines (pure; `now` stamps new conditions and a missing completion time).
+
+    `user_suspended`: the job's spec.suspend (None: unknown, taken as the child's own suspend). A child Kueue holds
+    suspended while the user did not ask for it is queued, not suspended: phase Pending, condition Queued."""
     if current.get("phase") == str(JobPhase.EarlyStopped):
         return {}  # the operator ended this run; the child's last words do not change that
-    phase = status.phase_from_child(child)
+    phase = status.phase_for(child, user_suspended)
     conditions = status.with_failure_details(status.mirrored_conditions(child, now), details)
+    conditions.extend(status.queued_conditions(current, child, phase, now))
     if phase != JobPhase.Pending and pod_creation.CONDITION in status.true_types(current.get("conditions") or []):
         conditions.append(status.condition(pod_creation.CONDITION, False, "PodsCreated", "", now))
     out: Manifest = {
@@ -80,3 +87,7 @@ def mirrored_status(current: Manifest, child: Manifest, details: str, now: str) 
     if phase in (JobPhase.Succeeded, JobPhase.Failed):
         out["completionTime"] = child_status.get("completionTime") or current.get("completionTime") or now
     return out
+
+
+def _user_suspended(job: Manifest) -> bool:
+    return bool((job.get("spec") or {}).get("suspend", False))

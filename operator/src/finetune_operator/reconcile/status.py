@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from finetune_contract import names
 from finetune_operator.api import JobPhase
 from finetune_operator.children import backends
 
@@ -34,6 +35,40 @@ def phase_from_child(child: Mapping[str, Any] | None) -> JobPhase:
     if child is None:
         return JobPhase.Pending
     return backends.phase_from_conditions(backends.backend_of_child(child).conditions(child))
+
+
+QUEUED = "Queued"
+
+
+def kueue_holds(child: Mapping[str, Any], user_suspended: bool | None) -> bool:
+    """The child is suspended by Kueue, waiting for admission: it is queued (its label) and suspended, and the
+    user did not ask for a suspend."""
+    labels = (child.get("metadata") or {}).get("labels") or {}
+    backend = backends.backend_of_child(child)
+    return bool(labels.get(names.QUEUE_LABEL)) and backend.suspended(child) and user_suspended is False
+
+
+def phase_for(child: Mapping[str, Any] | None, user_suspended: bool | None) -> JobPhase:
+    """phase_from_child, except that a child Kueue holds suspended is Pending (queued), not Suspended."""
+    phase = phase_from_child(child)
+    if child is not None and phase == JobPhase.Suspended and kueue_holds(child, user_suspended):
+        return JobPhase.Pending
+    return phase
+
+
+def queued_conditions(
+    current: Mapping[str, Any], child: Mapping[str, Any], phase: JobPhase, now: str
+) -> list[Condition]:
+    """Queued=True while Kueue holds the child for admission (naming the LocalQueue); False once it runs."""
+    was = QUEUED in true_types(current.get("conditions") or [])
+    queue = ((child.get("metadata") or {}).get("labels") or {}).get(names.QUEUE_LABEL)
+    kind = backends.backend_of_child(child).kind
+    if phase == JobPhase.Pending and queue and backends.backend_of_child(child).suspended(child):
+        message = f"waiting for Kueue to admit it from LocalQueue {queue}; Kueue keeps the {kind} suspended until then"
+        return [condition(QUEUED, True, "WaitingForAdmission", message, now)]
+    if was and phase in (JobPhase.Running, JobPhase.Succeeded, JobPhase.Failed):
+        return [condition(QUEUED, False, "Admitted", f"admitted by Kueue from LocalQueue {queue}", now)]
+    return []
 
 
 def mirrored_conditions(child: Mapping[str, Any], now: str) -> list[Condition]:
