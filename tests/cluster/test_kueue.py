@@ -27,7 +27,7 @@ from tests.cluster.pytorchjobs import end_pod, gpus_in_use
 from tests.cluster.test_operator import patch_spec, small_job
 from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj
 from tests.cluster.trainer_v2 import TrainerV2, start_kueue
-from tests.cluster.waiting import stays
+from tests.cluster.waiting import stays, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -92,6 +92,16 @@ def queue_operator(
 
 
 def local_queue(api: client.ApiClient, namespace: str) -> None:
+    """This test's LocalQueue, once the ClusterQueue holds nothing of earlier tests (their namespaces are deleted
+    in the background, and a Workload keeps its quota until its job's pods are gone)."""
+    custom = client.CustomObjectsApi(api)
+
+    def idle() -> bool:
+        found = custom.get_cluster_custom_object("kueue.x-k8s.io", "v1beta2", "clusterqueues", CLUSTER_QUEUE)
+        held = found.get("status") or {}
+        return not held.get("reservingWorkloads") and not held.get("admittedWorkloads")
+
+    wait_for(idle, 120, "the ClusterQueue free of earlier tests' workloads")
     body = {
         "apiVersion": "kueue.x-k8s.io/v1beta2",
         "kind": "LocalQueue",

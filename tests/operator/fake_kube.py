@@ -15,6 +15,7 @@ import copy
 import itertools
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -44,6 +45,7 @@ class FakeKube:
         self.nodes: dict[str, Manifest] = {}  # name -> Node (its Ready condition is what the table shows)
         self.refuse_nodes: ApiException | None = None
         self.kueue_installed = False
+        self.now = lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # creationTimestamp of new children
         self.workloads: dict[tuple[str, str], Manifest] = {}  # (namespace, child uid) -> Kueue Workload
         self._versions = itertools.count(1)
 
@@ -176,7 +178,13 @@ class FakeKube:
         if key in self.children:
             raise api_error(409, "already exists")
         child = copy.deepcopy(manifest)
-        child["metadata"] = {**child["metadata"], "namespace": namespace, "uid": str(uuid.uuid4()), "generation": 1}
+        child["metadata"] = {
+            **child["metadata"],
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "generation": 1,
+            "creationTimestamp": self.now(),
+        }
         self.children[key] = child
         return copy.deepcopy(child)
 

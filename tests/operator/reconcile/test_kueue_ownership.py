@@ -100,7 +100,7 @@ def test_a_users_suspend_and_resume_go_to_the_workload(fake: FakeKube, ctx: Cont
 def test_a_suspend_before_kueue_made_the_workload_is_retried(fake: FakeKube, ctx: Context, backend: Backend) -> None:
     child = created(fake, ctx, backend)
     fake.workloads.clear()
-    with pytest.raises(kopf.TemporaryError, match="before Kueue made the child's Workload"):
+    with pytest.raises(kopf.TemporaryError, match="waiting for Kueue to make the child's Workload"):
         sync_child(ctx, fake.edit_spec(NS, NAME, {"suspend": True}))
     fake.workloads[(NS, child["metadata"]["uid"])] = {"metadata": {"name": "wl", "namespace": NS}, "spec": {}}
     sync_child(ctx, fake.job_manifest(NS, NAME))
@@ -114,3 +114,18 @@ def test_without_kueue_installed_a_queue_label_changes_nothing(fake: FakeKube, c
     child = fake.children[(NS, backend.child_name(NAME))]
     assert backend.suspended(child)
     assert child["metadata"]["labels"][names.QUEUE_LABEL] == QUEUE
+
+
+def test_a_queued_child_kueue_never_took_is_the_operators_after_the_grace(
+    fake: FakeKube, ctx: Context, backend: Backend
+) -> None:
+    """Kueue's API is there but no Workload came (Kueue stopped, or its namespace selector leaves this one out):
+    after the grace the operator writes the child's suspend itself, in both directions."""
+    created(fake, ctx, backend)
+    fake.workloads.clear()
+    child = fake.children[(NS, backend.child_name(NAME))]
+    child["metadata"]["creationTimestamp"] = "2020-01-01T00:00:00Z"
+    sync_child(ctx, fake.job_manifest(NS, NAME))  # spec.suspend false: unsuspended by us now
+    assert not backend.suspended(fake.children[(NS, backend.child_name(NAME))])
+    sync_child(ctx, fake.edit_spec(NS, NAME, {"suspend": True}))
+    assert backend.suspended(fake.children[(NS, backend.child_name(NAME))])

@@ -11,6 +11,7 @@ annotation on the child, which is how later changes are recognised — across re
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any, NoReturn
 
 import kopf
@@ -31,6 +32,8 @@ FOREIGN_TERMINATING_RETRY_SECONDS = 2
 FOREIGN_CHILD_RETRY_SECONDS = 10
 RETRIABLE_CLIENT_ERRORS = (408, 409, 429)
 KUEUE_RETRY_SECONDS = 2
+KUEUE_GRACE_SECONDS = 10.0
+"""How long after a queued child's creation its Kueue Workload is waited for (Kueue makes it within a second)."""
 
 
 def sync_child(ctx: Context, job: Manifest) -> None:
@@ -69,7 +72,7 @@ def sync_child(ctx: Context, job: Manifest) -> None:
     waiting_for_kueue = apply_mutable(ctx, child, model)
     record(ctx, job, child, rejected)
     if waiting_for_kueue:
-        raise kopf.TemporaryError("suspend asked for before Kueue made the child's Workload", delay=KUEUE_RETRY_SECONDS)
+        raise kopf.TemporaryError("waiting for Kueue to make the child's Workload", delay=KUEUE_RETRY_SECONDS)
 
 
 def create_or_adopt(ctx: Context, job: Manifest, model: FineTuneJob, rendered: Manifest) -> Manifest | None:
@@ -177,8 +180,10 @@ def apply_mutable(ctx: Context, child: Manifest, model: FineTuneJob) -> bool:
     suspends it again on preemption — so the operator never writes it, and a user's spec.suspend goes to Kueue's
     own switch, the child's Workload `spec.active` (false: Kueue evicts and keeps it suspended; true: queued
     again). Writing the child's suspend instead would fight Kueue: it unsuspends an admitted job that is
-    suspended, and suspends an unadmitted one that is not. True: a suspend waits for Kueue to make the Workload
-    (a sync a moment after the child was created): call again."""
+    suspended, and suspends an unadmitted one that is not. Kueue makes the Workload a moment after the child:
+    until then (KUEUE_GRACE_SECONDS of the child's life) a change waits — True: call again; a queued child that
+    still has no Workload after that is not Kueue's (Kueue stopped, or its namespace not managed), and the
+    operator writes its suspend itself."""
     backend = backends.backend_of_child(child)
     namespace, name = child["metadata"]["namespace"], child["metadata"]["name"]
     patch: Manifest = {}
@@ -188,16 +193,29 @@ def apply_mutable(ctx: Context, child: Manifest, model: FineTuneJob) -> bool:
         kueue, workload = ctx.kube.child_workload(namespace, str(child["metadata"].get("uid")))
     else:
         kueue, workload = False, None
+    waiting = False
+    differs = backend.suspended(child) != model.spec.suspend
     if workload is not None:
         if bool(workload.get("spec", {}).get("active", True)) == model.spec.suspend:
             ctx.kube.set_workload_active(namespace, workload["metadata"]["name"], not model.spec.suspend)
-    elif not kueue and backend.suspended(child) != model.spec.suspend:
+    elif kueue and _age_seconds(child, ctx.clock()) < KUEUE_GRACE_SECONDS:
+        # A suspend must reach the Workload once it exists (Kueue would admit and unsuspend the child otherwise).
+        waiting = differs or model.spec.suspend
+    elif differs:
         patch.update(backend.suspend_patch(model.spec.suspend))
     if labels.get(names.QUEUE_LABEL) != model.spec.queue_name:
         patch["metadata"] = {"labels": {names.QUEUE_LABEL: model.spec.queue_name}}
     if patch:
         ctx.kube.patch_child(namespace, name, patch, backend)
-    return kueue and workload is None and model.spec.suspend
+    return waiting
+
+
+def _age_seconds(obj: Manifest, now: datetime) -> float:
+    """Seconds since the object was created (0 when the server has not said: taken as new)."""
+    stamp = (obj.get("metadata") or {}).get("creationTimestamp")
+    if not stamp:
+        return 0.0
+    return (now - datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))).total_seconds()
 
 
 def record(ctx: Context, job: Manifest, child: Manifest, rejected: list[str]) -> None:
