@@ -155,10 +155,11 @@ def prometheus(
         assert not server.alive(), "prometheus still running after stop"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def trainer_v2(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerV2]:
-    """Kubeflow Trainer v2 and JobSet (tests/cluster/trainer_v2.py), started on first use, with our
-    ClusterTrainingRuntime applied. Only the tests of the trainjob backend ask for it."""
+    """Kubeflow Trainer v2 and JobSet (tests/cluster/trainer_v2.py) with our ClusterTrainingRuntime applied, for
+    the modules of the trainjob backend only: stopped (webhooks unregistered) at the module's end, so the rest of
+    the suite runs on the control plane it always had. Their CRDs stay (test operators pin --backend)."""
     missing = trainer_v2_parts.missing_artifacts()
     if missing:
         _skip_or_fail(f"Trainer v2 / JobSet not built ({', '.join(missing)}): run tests/cluster/build_trainer.sh")

@@ -118,6 +118,12 @@ def registered_webhooks(
             if served and not any(part in path for part in served):
                 continue
             hook["clientConfig"] = {"url": f"https://127.0.0.1:{controller.webhook_port}{path}", "caBundle": ca_bundle}
+            if controller.name == "jobset" and path.endswith("-v1-pod"):
+                # JobSet's kustomize patch (config/components/webhook/patches): its pod hooks see JobSet pods
+                # only. Without it every pod in the cluster would need JobSet's server to be created.
+                hook["objectSelector"] = {
+                    "matchExpressions": [{"key": "jobset.sigs.k8s.io/jobset-name", "operator": "Exists"}]
+                }
             hooks.append(hook)
         document["webhooks"] = hooks
         out.append(document)
