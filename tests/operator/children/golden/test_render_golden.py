@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,11 +24,16 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_render_matches_golden(case: str) -> None:
-    rendered = yaml.safe_dump(render_pytorchjob(yaml.safe_load(CASES[case].read_text())), sort_keys=False, width=120)
-    golden = HERE / "expected" / f"{case}.yaml"
+def check_golden(name: str, manifest: dict[str, Any]) -> None:
+    """The rendered manifest as YAML equals expected/<name>.yaml (UPDATE_GOLDEN=1 rewrites it)."""
+    rendered = yaml.safe_dump(manifest, sort_keys=False, width=120)
+    golden = HERE / "expected" / f"{name}.yaml"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         golden.write_text(rendered)
     assert golden.is_file(), f"missing {golden}; run UPDATE_GOLDEN=1 pytest tests/operator/children/golden"
-    assert rendered == golden.read_text(), f"{case}: render changed; review and regenerate with UPDATE_GOLDEN=1"
+    assert rendered == golden.read_text(), f"{name}: render changed; review and regenerate with UPDATE_GOLDEN=1"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_render_matches_golden(case: str) -> None:
+    check_golden(case, render_pytorchjob(yaml.safe_load(CASES[case].read_text())))

@@ -6,15 +6,14 @@ Regenerate after an intended change with `UPDATE_GOLDEN=1 pytest tests/operator/
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from finetune_operator.children.trainjob import render_trainjob, runtime_manifest
 from tests.manifests import REPO_ROOT
+from tests.operator.children.golden.test_render_golden import check_golden
 
 HERE = Path(__file__).parent
 CASES = {
@@ -23,15 +22,6 @@ CASES = {
     "gpu-4x8-phased-pvc-tolerations": HERE / "inputs/multi-node-no-priority.yaml",
     "long-name-suspended-queued": HERE / "inputs/long-name-suspended-queued.yaml",
 }
-
-
-def check_golden(name: str, manifest: dict[str, Any]) -> None:
-    rendered = yaml.safe_dump(manifest, sort_keys=False, width=120)
-    golden = HERE / "expected" / f"{name}.yaml"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        golden.write_text(rendered)
-    assert golden.is_file(), f"missing {golden}; run UPDATE_GOLDEN=1 pytest tests/operator/children/golden"
-    assert rendered == golden.read_text(), f"{name}: render changed; review and regenerate with UPDATE_GOLDEN=1"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
