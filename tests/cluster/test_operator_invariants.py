@@ -33,7 +33,7 @@ from tests.cluster.test_operator import (
     reasons,
     small_job,
 )
-from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj
+from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj, zero_pod_quota
 from tests.cluster.waiting import stays, wait_for
 from tests.manifests import SHARED_OUTPUT
 
@@ -205,13 +205,7 @@ def test_child_refused_by_the_api_server_fails_the_job_once(
 def test_child_that_cannot_create_pods_says_so(
     operator_process: OperatorProcess, api: client.ApiClient, namespace: str
 ) -> None:
-    core = client.CoreV1Api(api)
-    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}})
-    wait_for(
-        lambda: (core.read_namespaced_resource_quota("no-pods", namespace).status.hard or {}).get("pods") == "0",
-        30,
-        "the quota accounted by the controller-manager",
-    )
+    zero_pod_quota(api, namespace)
     name = "podless"
     create_ftj(api, namespace, small_job(name))
     found = wait_condition(operator_process, api, namespace, name, "PodsNotCreated", 60, status="True")

@@ -21,7 +21,7 @@ from tests.cluster.operator_process import apply_crd, stop_cleanly
 from tests.cluster.pytorchjobs import end_pod
 from tests.cluster.storage import shared_output_claim
 from tests.cluster.test_operator import GROUP, PLURAL, VERSION, patch_spec, small_job
-from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj
+from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj, zero_pod_quota
 from tests.cluster.trainer_v2 import TRAINER_IMAGE, TrainerV2
 from tests.cluster.waiting import stays, wait_for
 from tests.manifests import JOB_EXAMPLES, minimal_job
@@ -284,13 +284,7 @@ def test_a_trainjob_whose_pods_cannot_be_created_says_so(
     api: client.ApiClient, namespace: str, trainjob_operator: Operator
 ) -> None:
     """A ResourceQuota of 0 pods: the Job controller's FailedCreate Events on the JobSet's Job reach the job."""
-    core = client.CoreV1Api(api)
-    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}})
-    wait_for(
-        lambda: (core.read_namespaced_resource_quota("no-pods", namespace).status.hard or {}).get("pods") == "0",
-        30,
-        "the quota accounted by the controller-manager",
-    )
+    zero_pod_quota(api, namespace)
     name = "podless"
     create_ftj(api, namespace, small_job(name, nodes=1, gpus=1))
 

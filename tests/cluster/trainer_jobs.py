@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.nodeagent_objects import scheduling
 from tests.cluster.pytorchjobs import create_custom, create_pytorchjob, get_custom, handwritten_pytorchjob
+from tests.cluster.waiting import wait_for
 from tests.manifests import SHARED_DATA, TINY_LLAMA
 
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
@@ -93,3 +94,14 @@ def garbage_collection_works(api: client.ApiClient, namespace: str, timeout: flo
             raise
         time.sleep(0.5)
     return False
+
+
+def zero_pod_quota(api: client.ApiClient, namespace: str) -> None:
+    """A ResourceQuota of 0 pods in `namespace`, once the controller-manager accounts it (no pod can be made)."""
+    core = client.CoreV1Api(api)
+    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}})
+
+    def accounted() -> bool:
+        return (core.read_namespaced_resource_quota("no-pods", namespace).status.hard or {}).get("pods") == "0"
+
+    wait_for(accounted, 30, "the quota accounted by the controller-manager")
