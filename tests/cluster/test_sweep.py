@@ -1,6 +1,8 @@
 """FineTuneSweep end to end, with real parts only: FineTuneSweep → operator (sweep loop) → trial FineTuneJobs →
-PyTorchJobs → training-operator → pods → node agent (TEST INFRASTRUCTURE: each pod is a real local trainer
-process) → /metrics → Prometheus → the sweep's pruning rule → a pruned trial's status → its PyTorchJob deleted.
+PyTorchJobs (training-operator) or TrainJobs (Kubeflow Trainer v2 → JobSet → Job controller) → pods → node agent
+(TEST INFRASTRUCTURE: each pod is a real local trainer process) → /metrics → Prometheus → the sweep's pruning rule
+→ a pruned trial's status → its child deleted. The pruning scenario runs on both child kinds (one operator per
+kind, `--backend`); the API-server checks once.
 
 The agent node has one GPU, so trials run one after another (maxParallelTrials 1 keeps the order fixed): the good
 recipe finishes first and the absurd learning rate that follows is judged against it at the rungs and pruned. The
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_contract import names
 from finetune_operator.api.sweep import trial_name
+from finetune_operator.children.backends import BACKENDS, Backend
 from tests.cluster.components import free_port
 from tests.cluster.controlplane import Cluster
 from tests.cluster.nodeagent_handle import NodeAgentHandle
@@ -55,20 +59,38 @@ PRUNING = {
 }
 
 
+@dataclass
+class SweepOperator:
+    operator: ConfiguredOperator
+    backend: Backend
+
+
 @pytest.fixture(scope="module")
-def sweep_operator(
+def backend_sweep_operator(
+    request: pytest.FixtureRequest,
     cluster: Cluster,
     prometheus: PrometheusServer,
     pytorchjob_garbage_collection: None,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[ConfiguredOperator]:
+) -> Iterator[SweepOperator]:
+    """`finetune operator --backend <kind>` (request.param, default pytorchjob); for trainjob, Trainer v2 and
+    JobSet run too."""
+    backend = BACKENDS[getattr(request, "param", "pytorchjob")]
+    if backend.name == "trainjob":
+        request.getfixturevalue("trainer_v2")
     apply_crd(cluster)
-    operator = ConfiguredOperator(cluster, tmp_path_factory.mktemp("operator"), ["--prometheus-url", prometheus.url])
+    extra = ["--prometheus-url", prometheus.url, "--backend", backend.name]
+    operator = ConfiguredOperator(cluster, tmp_path_factory.mktemp(f"operator-{backend.name}"), extra)
     operator.start()
     try:
-        yield operator
+        yield SweepOperator(operator, backend)
     finally:
         stop_cleanly(operator)
+
+
+@pytest.fixture
+def sweep_operator(backend_sweep_operator: SweepOperator) -> ConfiguredOperator:
+    return backend_sweep_operator.operator
 
 
 def sweep_manifest(name: str, output: Path, trials: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
@@ -104,9 +126,9 @@ def events(api: client.ApiClient, namespace: str, kind: str, name: str, reason: 
     return list(client.CoreV1Api(api).list_namespaced_event(namespace, field_selector=selector).items)
 
 
-def child_exists(api: client.ApiClient, namespace: str, name: str) -> bool:
+def child_exists(api: client.ApiClient, namespace: str, backend: Backend, name: str) -> bool:
     try:
-        get_custom(api, ("kubeflow.org", "v1", "pytorchjobs"), namespace, name)
+        get_custom(api, (backend.group, backend.version, backend.plural), namespace, name)
     except ApiException as error:
         if error.status == 404:
             return False
@@ -133,13 +155,15 @@ def wait(
         raise WaitTimeoutError(f"{error}\nsweep status: {json.dumps(state, indent=1)[:4000]}") from None
 
 
+@pytest.mark.parametrize("backend_sweep_operator", sorted(BACKENDS), indirect=True)
 def test_a_sweep_prunes_the_bad_recipe_and_survives_an_operator_kill(
     api: client.ApiClient,
     namespace: str,
-    sweep_operator: ConfiguredOperator,
+    backend_sweep_operator: SweepOperator,
     node_agent: NodeAgentHandle,
     tmp_path: Path,
 ) -> None:
+    sweep_operator, backend = backend_sweep_operator.operator, backend_sweep_operator.backend
     name = "lr"
     create_custom(api, SWEEPS, namespace, sweep_manifest(name, tmp_path / "out", TRIALS))
     names_planned = [trial_name(name, index) for index in range(len(TRIALS))]
@@ -178,14 +202,16 @@ def test_a_sweep_prunes_the_bad_recipe_and_survives_an_operator_kill(
     assert verdict["evidence"]["toStep"] in (4, 8, 16, 32, 64, 128), verdict
     assert float(verdict["evidence"]["value"]) > float(verdict["evidence"]["threshold"]), verdict
     assert pruned["status"]["step"] < 20_000
+    child = pruned["status"][backend.status_field]
+    assert child == backend.child_name(names_planned[1]), pruned["status"]
     wait(
         sweep_operator,
         api,
         namespace,
         name,
-        lambda: not child_exists(api, namespace, names_planned[1]),
+        lambda: not child_exists(api, namespace, backend, child),
         30,
-        "the pruned trial's PyTorchJob deleted",
+        f"the pruned trial's {backend.kind} deleted",
     )
     assert events(api, namespace, "FineTuneSweep", name, "TrialPruned"), "no TrialPruned Event on the sweep"
 

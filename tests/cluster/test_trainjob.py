@@ -20,7 +20,7 @@ from tests.cluster.operator_process import ConfiguredOperator as Operator
 from tests.cluster.operator_process import apply_crd, stop_cleanly
 from tests.cluster.pytorchjobs import end_pod
 from tests.cluster.storage import shared_output_claim
-from tests.cluster.test_operator import GROUP, PLURAL, VERSION, patch_spec, small_job
+from tests.cluster.test_operator import GROUP, PLURAL, VERSION, patch_spec, reasons, small_job, wait_events
 from tests.cluster.trainer_jobs import conditions_of, create_ftj, get_ftj, zero_pod_quota
 from tests.cluster.trainer_v2 import TRAINER_IMAGE, TrainerV2
 from tests.cluster.waiting import stays, wait_for
@@ -222,12 +222,19 @@ def test_operator_runs_a_finetunejob_as_a_trainjob_through_to_succeeded(
     running = trainjob_operator.wait_for(lambda: ftj_phase(api, namespace, name, "Running"), 60, "Running")
     assert running["status"]["trainJobName"] == name
     assert "pytorchJobName" not in running["status"]
+    started = running["status"].get("startTime")
+    assert started, running["status"]  # a TrainJob has no startTime of its own: stamped when first Running
     assert "new jobs run as TrainJob (--backend auto)" in trainjob_operator.log_tail(400)
     for pod in pods:
         end_pod(api, namespace, pod.metadata.name, 0)
     done = trainjob_operator.wait_for(lambda: ftj_phase(api, namespace, name, "Succeeded"), 60, "Succeeded")
-    assert done["status"].get("completionTime"), done["status"]
+    assert done["status"]["startTime"] == started, "the start time moved"
+    assert done["status"].get("completionTime", "") >= started, done["status"]  # RFC 3339 in UTC sorts as text
     assert conditions_of(done)["Succeeded"]["status"] == "True"
+    assert "Complete" not in conditions_of(done), "the TrainJob's Complete is mirrored as Succeeded"
+    phases = ("Pending", "Running", "Succeeded")
+    counted = reasons(wait_events(trainjob_operator, api, namespace, name, set(phases)))
+    assert {phase: counted[phase] for phase in phases} == dict.fromkeys(phases, 1), counted
 
 
 def test_a_failed_trainer_fails_the_finetunejob_naming_the_pod_and_exit_code(

@@ -63,7 +63,9 @@ def test_step_one_loss_equals_an_independent_reference(tmp_path) -> None:
     with torch.no_grad():
         for sample in samples:
             out = reference_model(
-                input_ids=torch.tensor([sample.input_ids]), labels=torch.tensor([sample.labels]), use_cache=False
+                input_ids=torch.tensor(sample.input_ids, dtype=torch.long).unsqueeze(0),
+                labels=torch.tensor(sample.labels, dtype=torch.long).unsqueeze(0),
+                use_cache=False,
             )
             total += float(out.loss) * sample.num_loss_tokens
             tokens += sample.num_loss_tokens
