@@ -15,11 +15,18 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client, config
 
+from finetune_operator.children.backends import BACKENDS
 from tests.cluster import trainer_v2 as trainer_v2_parts
 from tests.cluster.bindshim import ShimError
 from tests.cluster.controlplane import CACHE, Cluster, missing_artifacts, start_gpu_cluster
 from tests.cluster.nodeagent_handle import NodeAgentHandle, start_node_agent
-from tests.cluster.operator_process import OperatorProcess, apply_crd
+from tests.cluster.operator_process import (
+    BackendOperator,
+    ConfiguredOperator,
+    OperatorProcess,
+    apply_crd,
+    stop_cleanly,
+)
 from tests.cluster.prometheus import PROMETHEUS, PodDiscovery, PrometheusServer
 from tests.cluster.trainer_jobs import garbage_collection_works
 from tests.cluster.trainer_v2 import TrainerV2, start_trainer_v2
@@ -92,6 +99,29 @@ def operator_process(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory)
         code = operator.stop()
         assert was_alive, f"the operator had died before the end of the module (code {code}):\n{operator.log_tail()}"
         assert code == 0, f"the operator exited {code} on SIGTERM, not 0:\n{operator.log_tail()}"
+
+
+@pytest.fixture(scope="module")
+def backend_operator(
+    request: pytest.FixtureRequest,
+    cluster: Cluster,
+    prometheus: PrometheusServer,
+    pytorchjob_garbage_collection: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[BackendOperator]:
+    """`finetune operator --backend <kind> --prometheus-url …`, the kind from indirect parametrisation (default
+    pytorchjob); for trainjob, Trainer v2 and JobSet run too. One scenario, both child kinds: parametrise a test
+    with `pytest.mark.parametrize("backend_operator", sorted(BACKENDS), indirect=True)`."""
+    backend = BACKENDS[getattr(request, "param", "pytorchjob")]
+    if backend.name == "trainjob":
+        request.getfixturevalue("trainer_v2")
+    apply_crd(cluster)
+    extra = ["--prometheus-url", prometheus.url, "--backend", backend.name]
+    operator = ConfiguredOperator(cluster, tmp_path_factory.mktemp(f"operator-{backend.name}"), extra).start()
+    try:
+        yield BackendOperator(operator, backend)
+    finally:
+        stop_cleanly(operator)
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from finetune_operator.children.backends import Backend
 from tests.cluster.components import free_port
 from tests.cluster.controlplane import Cluster
 from tests.cluster.processes import _die_with_parent
@@ -294,6 +296,14 @@ class ConfiguredOperator(OperatorProcess):
         base = super().argv()
         cut = base.index("--prometheus-url")  # the base's dead loopback URL: these tests choose their own source
         return [*base[:cut], *base[cut + 2 :], "--health-host=127.0.0.1", "--metrics-host=127.0.0.1", *self.extra]
+
+
+@dataclass
+class BackendOperator:
+    """An operator started with `--backend <kind>`, and that kind (the `backend_operator` fixture)."""
+
+    operator: ConfiguredOperator
+    backend: Backend
 
 
 def stop_cleanly(operator: OperatorProcess) -> None:

@@ -10,20 +10,15 @@ child's kind past what these two prove, and run once, in test_early_stopping.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from finetune_operator.children.backends import BACKENDS, Backend
-from tests.cluster.controlplane import Cluster
+from finetune_operator.children.backends import BACKENDS
 from tests.cluster.nodeagent_handle import NodeAgentHandle
-from tests.cluster.operator_process import ConfiguredOperator as Operator
-from tests.cluster.operator_process import apply_crd, stop_cleanly
-from tests.cluster.prometheus import PrometheusServer
+from tests.cluster.operator_process import BackendOperator
 from tests.cluster.test_early_stopping import (
     BAD_POLICY,
     BAD_TRAINING,
@@ -34,34 +29,7 @@ from tests.cluster.test_early_stopping import (
     start_run,
 )
 
-pytestmark = pytest.mark.cluster
-
-
-@dataclass
-class BackendOperator:
-    operator: Operator
-    backend: Backend
-
-
-@pytest.fixture(scope="module", params=sorted(BACKENDS))
-def backend_operator(
-    request: pytest.FixtureRequest,
-    cluster: Cluster,
-    prometheus: PrometheusServer,
-    pytorchjob_garbage_collection: None,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[BackendOperator]:
-    """`finetune operator --backend <kind> --prometheus-url …`; for trainjob, Trainer v2 and JobSet run too."""
-    backend = BACKENDS[request.param]
-    if backend.name == "trainjob":
-        request.getfixturevalue("trainer_v2")
-    apply_crd(cluster)
-    extra = ["--prometheus-url", prometheus.url, "--backend", backend.name]
-    operator = Operator(cluster, tmp_path_factory.mktemp(f"operator-{backend.name}"), extra).start()
-    try:
-        yield BackendOperator(operator, backend)
-    finally:
-        stop_cleanly(operator)
+pytestmark = [pytest.mark.cluster, pytest.mark.parametrize("backend_operator", sorted(BACKENDS), indirect=True)]
 
 
 def test_absurd_learning_rate_is_stopped_on_grad_norm(

@@ -13,8 +13,6 @@ the sweep runs and started again: it must find its trials by name and never crea
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +25,8 @@ from finetune_contract import names
 from finetune_operator.api.sweep import trial_name
 from finetune_operator.children.backends import BACKENDS, Backend
 from tests.cluster.components import free_port
-from tests.cluster.controlplane import Cluster
 from tests.cluster.nodeagent_handle import NodeAgentHandle
-from tests.cluster.operator_process import ConfiguredOperator, apply_crd, stop_cleanly
-from tests.cluster.prometheus import PrometheusServer
+from tests.cluster.operator_process import BackendOperator, ConfiguredOperator
 from tests.cluster.pytorchjobs import create_custom, get_custom
 from tests.cluster.trainer_jobs import conditions_of, trainer_job
 from tests.cluster.waiting import WaitTimeoutError
@@ -59,38 +55,9 @@ PRUNING = {
 }
 
 
-@dataclass
-class SweepOperator:
-    operator: ConfiguredOperator
-    backend: Backend
-
-
-@pytest.fixture(scope="module")
-def backend_sweep_operator(
-    request: pytest.FixtureRequest,
-    cluster: Cluster,
-    prometheus: PrometheusServer,
-    pytorchjob_garbage_collection: None,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[SweepOperator]:
-    """`finetune operator --backend <kind>` (request.param, default pytorchjob); for trainjob, Trainer v2 and
-    JobSet run too."""
-    backend = BACKENDS[getattr(request, "param", "pytorchjob")]
-    if backend.name == "trainjob":
-        request.getfixturevalue("trainer_v2")
-    apply_crd(cluster)
-    extra = ["--prometheus-url", prometheus.url, "--backend", backend.name]
-    operator = ConfiguredOperator(cluster, tmp_path_factory.mktemp(f"operator-{backend.name}"), extra)
-    operator.start()
-    try:
-        yield SweepOperator(operator, backend)
-    finally:
-        stop_cleanly(operator)
-
-
 @pytest.fixture
-def sweep_operator(backend_sweep_operator: SweepOperator) -> ConfiguredOperator:
-    return backend_sweep_operator.operator
+def sweep_operator(backend_operator: BackendOperator) -> ConfiguredOperator:
+    return backend_operator.operator
 
 
 def sweep_manifest(name: str, output: Path, trials: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
@@ -155,15 +122,15 @@ def wait(
         raise WaitTimeoutError(f"{error}\nsweep status: {json.dumps(state, indent=1)[:4000]}") from None
 
 
-@pytest.mark.parametrize("backend_sweep_operator", sorted(BACKENDS), indirect=True)
+@pytest.mark.parametrize("backend_operator", sorted(BACKENDS), indirect=True)
 def test_a_sweep_prunes_the_bad_recipe_and_survives_an_operator_kill(
     api: client.ApiClient,
     namespace: str,
-    backend_sweep_operator: SweepOperator,
+    backend_operator: BackendOperator,
     node_agent: NodeAgentHandle,
     tmp_path: Path,
 ) -> None:
-    sweep_operator, backend = backend_sweep_operator.operator, backend_sweep_operator.backend
+    sweep_operator, backend = backend_operator.operator, backend_operator.backend
     name = "lr"
     create_custom(api, SWEEPS, namespace, sweep_manifest(name, tmp_path / "out", TRIALS))
     names_planned = [trial_name(name, index) for index in range(len(TRIALS))]
