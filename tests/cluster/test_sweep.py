@@ -24,12 +24,13 @@ from kubernetes.client.exceptions import ApiException
 from finetune_contract import names
 from finetune_operator.api.sweep import trial_name
 from finetune_operator.children.backends import BACKENDS, Backend
+from finetune_operator.reconcile.sweep import TICK_SECONDS
 from tests.cluster.components import free_port
 from tests.cluster.nodeagent_handle import NodeAgentHandle
 from tests.cluster.operator_process import BackendOperator, ConfiguredOperator
 from tests.cluster.pytorchjobs import create_custom, get_custom
 from tests.cluster.trainer_jobs import conditions_of, trainer_job
-from tests.cluster.waiting import WaitTimeoutError
+from tests.cluster.waiting import WaitTimeoutError, stays
 from tests.manifests import SWEEP_EXAMPLES
 
 pytestmark = pytest.mark.cluster
@@ -224,6 +225,29 @@ def test_a_sweep_prunes_the_bad_recipe_and_survives_an_operator_kill(
     assert correlation.get("trials") == len(scored), final
     assert "rho" not in correlation, correlation
     assert sweep_operator.metric_sum("finetune_operator_sweep_pruned_total") >= 1
+    # Cleaning up a finished trial (kubectl delete finetunejob) must not train it again: its row stays as it was.
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        JOBS[0], JOBS[1], namespace, JOBS[2], names_planned[0], propagation_policy="Foreground"
+    )
+    wait(
+        sweep_operator,
+        api,
+        namespace,
+        name,
+        lambda: names_planned[0] not in {job["metadata"]["name"] for job in trial_jobs(api, namespace, name)},
+        60,
+        "the finished trial deleted",
+    )
+    stays(
+        lambda: names_planned[0] not in {job["metadata"]["name"] for job in trial_jobs(api, namespace, name)},
+        3 * TICK_SECONDS + 2,
+        "the deleted finished trial staying deleted",
+    )
+    kept = get_sweep(api, namespace, name)["status"]
+    assert kept["trials"][0] == final["trials"][0], (kept["trials"][0], final["trials"][0])
+    assert (kept["phase"], kept["bestTrial"]) == ("Succeeded", final["bestTrial"])
+    assert kept["succeeded"] == final["succeeded"]
+    assert kept["gpuSeconds"] == final["gpuSeconds"], (kept, final)
     # Deleting the sweep deletes its trials (garbage collection through their ownerReferences; no finalizer).
     client.CustomObjectsApi(api).delete_namespaced_custom_object(SWEEPS[0], SWEEPS[1], namespace, SWEEPS[2], name)
     wait(sweep_operator, api, namespace, name, lambda: not trial_jobs(api, namespace, name), 120, "trials deleted")

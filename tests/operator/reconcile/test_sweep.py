@@ -553,6 +553,81 @@ def test_suspend_reaches_every_unfinished_trial_and_resume_starts_trials_again()
     assert cluster.status()["phase"] == "Running"
 
 
+# --- finished trials deleted -------------------------------------------------------------------------------------
+
+
+def delete_trials(cluster: Cluster, *indices: int) -> None:
+    """`kubectl delete finetunejob` of trials (their children go by garbage collection)."""
+    for index in indices:
+        del cluster.fake.jobs[(NS, name(index))]
+
+
+TABLE_KEYS = ("phase", "pruned", "succeeded", "trialsTotal", "gpuSeconds", "gpuSecondsSaved", "bestTrial")
+
+
+@pytest.mark.parametrize("curves_kept", [True, False], ids=["curves-in-prometheus", "curves-expired"])
+def test_deleting_ended_trials_runs_none_again_and_keeps_their_results(curves_kept: bool) -> None:
+    cluster = pruning_scene()
+    cluster.tick()
+    before = cluster.status()
+    assert before["pruned"] == 1, before
+    assert before["gpuSecondsSaved"] > 0, before
+    delete_trials(cluster, 0, 1, 2, 3)
+    if not curves_kept:
+        cluster.table.clear()  # past Prometheus' retention
+    cluster.restart()  # a fresh process: nothing cached, only the cluster and the sweep's status
+    cluster.tick()
+    cluster.tick()
+    assert cluster.trials() == [], "a finished trial was created again"
+    after = cluster.status()
+    assert {key: after.get(key) for key in TABLE_KEYS} == {key: before.get(key) for key in TABLE_KEYS}
+    assert after["bestObjective"] == pytest.approx(before["bestObjective"])
+    for row_before, row_after in zip(before["trials"], after["trials"], strict=True):
+        assert row_after == row_before
+    assert cluster.rows()[name(3)]["gpuSecondsSaved"] == before["gpuSecondsSaved"]
+    assert not cluster.sweep_events("TrialCreated")[4:], "only the four first creations"
+
+
+def test_a_deleted_failed_trial_is_run_again() -> None:
+    cluster = Cluster(sweep_manifest(trials=2, maxParallelTrials=2))
+    cluster.tick()
+    cluster.finish(0, 60, phase="Failed")
+    cluster.finish(1, 60)
+    cluster.tick()
+    assert cluster.rows()[name(0)]["phase"] == "Failed"
+    delete_trials(cluster, 0, 1)
+    cluster.tick()
+    assert cluster.trials() == [name(0)], "the failed trial comes back (a retry), the succeeded one does not"
+    rows = cluster.rows()
+    assert (rows[name(0)]["phase"], rows[name(1)]["phase"]) == ("Pending", "Succeeded")
+
+
+def test_a_kept_result_is_for_the_same_parameters_only() -> None:
+    cluster = Cluster(sweep_manifest(trials=2, maxParallelTrials=2))
+    cluster.tick()
+    cluster.finish(0, 60)
+    cluster.finish(1, 60)
+    cluster.tick()
+    delete_trials(cluster, 0, 1)
+    edited = [{"path": "training.learningRate", "values": [RATES[0], 9e-5]}]  # trial 1 is another recipe now
+    cluster.fake.edit_sweep_spec(NS, SWEEP, {"parameters": edited})
+    cluster.tick()
+    assert cluster.trials() == [name(1)]
+    assert cluster.job(1)["spec"]["training"]["learningRate"] == 9e-5
+    assert cluster.rows()[name(0)]["phase"] == "Succeeded"
+
+
+def test_deleted_trials_still_count_against_the_gpu_hours_budget() -> None:
+    cluster = Cluster(sweep_manifest(trials=3, maxParallelTrials=1, gpuHoursBudget=0.1))  # 360 device-seconds
+    cluster.tick()
+    cluster.finish(0, 200)  # 400 device-seconds: spent
+    cluster.tick()
+    delete_trials(cluster, 0)
+    cluster.tick()
+    assert cluster.trials() == []
+    assert cluster.status()["gpuSeconds"] == 200 * GPUS_PER_NODE
+
+
 # --- budget -------------------------------------------------------------------------------------------------------
 
 

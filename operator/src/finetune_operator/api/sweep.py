@@ -245,6 +245,8 @@ class TrialStatus(SpecModel):
     """Final objective (finished trials)."""
     gpu_seconds: float | None = Field(default=None, ge=0.0)
     """GPU-seconds the trial has used."""
+    gpu_seconds_saved: float | None = Field(default=None, ge=0.0)
+    """A pruned trial: the GPU-seconds it would still have used (its rate times its remaining steps)."""
     reason: Annotated[str, StringConstraints(max_length=1024)] = ""
     """Why it is in its phase (e.g. PrunedBySweep)."""
     message: Annotated[str, StringConstraints(max_length=4096)] = ""

@@ -5,7 +5,9 @@ One loop for all sweeps, like early stopping (no Kopf timer per object, so no fi
 the trial FineTuneJobs from the operator's Kopf indexes. Everything it decides is derived afresh each cycle from
 the cluster — the plan (a pure function of the sweep's spec), the trial FineTuneJobs that exist (deterministic
 names: a restarted operator finds them and never creates an index twice) and the trials' curves — so killing the
-operator at any point loses nothing. A pruning decision is written onto the trial itself first (phase
+operator at any point loses nothing. One thing comes from the sweep's own status: the result of a trial whose
+FineTuneJob was deleted after it ended (remembered_rows) — a user cleaning up finished trials must not have them
+trained again. A pruning decision is written onto the trial itself first (phase
 EarlyStopped, condition reason PrunedBySweep, the evidence), after which the early-stopping loop deletes its
 PyTorchJob as it does for any early stop (checkpoint kept); the sweep's table then shows the trial as Pruned.
 """
@@ -17,7 +19,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -107,21 +109,46 @@ def budget_spent(spec: FineTuneSweepSpec, views: Sequence[TrialView]) -> bool:
 
 
 def to_start(
-    planned: Sequence[PlannedTrial], jobs: Mapping[str, Manifest | None], spec: FineTuneSweepSpec, used_seconds: float
+    planned: Sequence[PlannedTrial],
+    jobs: Mapping[str, Manifest | None],
+    spec: FineTuneSweepSpec,
+    used_seconds: float,
+    remembered: Collection[str] = (),
 ) -> list[PlannedTrial]:
     """The trials to create now: the lowest missing indices, as many as free slots allow (none when suspended or
-    over the GPU-hours budget). Deterministic, so two operators (or one restarted) pick the same ones."""
+    over the GPU-hours budget), never a `remembered` one (its result is known). Deterministic, so two operators (or
+    one restarted) pick the same ones."""
     if spec.suspend:
         return []
     if spec.gpu_hours_budget is not None and used_seconds >= spec.gpu_hours_budget * 3600:
         return []
     active = sum(1 for job in jobs.values() if job is not None and trial_phase(job) not in _ENDED)
     free = spec.max_parallel_trials - active
-    missing = [trial for trial in planned if jobs.get(trial.name) is None]
+    missing = [trial for trial in planned if jobs.get(trial.name) is None and trial.name not in remembered]
     return missing[: max(0, free)]
 
 
 _ENDED = {TrialPhase.Pruned, TrialPhase.Succeeded, TrialPhase.Failed, TrialPhase.EarlyStopped}
+REMEMBERED_PHASES = frozenset({TrialPhase.Succeeded, TrialPhase.Pruned, TrialPhase.EarlyStopped})
+"""Trials whose result stands once their FineTuneJob is deleted. A Failed trial is not among them: deleting it is
+how a user runs it again (after fixing what failed)."""
+
+
+def remembered_rows(
+    planned: Sequence[PlannedTrial], jobs: Mapping[str, Manifest | None], previous: Mapping[str, Any]
+) -> dict[str, Manifest]:
+    """The status rows of trials that ended (Succeeded, Pruned, EarlyStopped) and whose FineTuneJob is gone since,
+    by name: they stay in the table with their result and GPU-seconds (the budget counts them) and are never created
+    again. A row counts only for the same trial — same name and parameters — so an edited space re-plans freely."""
+    rows = {row.get("name"): row for row in previous.get("trials") or []}
+    out: dict[str, Manifest] = {}
+    for trial in planned:
+        row = rows.get(trial.name)
+        if jobs.get(trial.name) is not None or row is None or row.get("phase") not in REMEMBERED_PHASES:
+            continue
+        if row.get("parameters") == trial.parameters and bool(row.get("calibration")) == trial.calibration:
+            out[trial.name] = dict(row)
+    return out
 
 
 @dataclass(frozen=True)
@@ -134,6 +161,17 @@ class TrialView:
     objective: float | None
     seconds: float
     saved_seconds: float
+    remembered: Mapping[str, Any] | None = None
+    """Its row from the status when its FineTuneJob was deleted after it ended (remembered_rows)."""
+
+    def created(self) -> bool:
+        """Its FineTuneJob exists, or existed and ended."""
+        return self.job is not None or self.remembered is not None
+
+    def phase(self) -> TrialPhase:
+        if self.job is None and self.remembered is not None:
+            return TrialPhase(self.remembered["phase"])
+        return trial_phase(self.job)
 
 
 def trial_row(view: TrialView, phase: TrialPhase, previous: Mapping[str, Any]) -> Manifest:
@@ -145,6 +183,7 @@ def trial_row(view: TrialView, phase: TrialPhase, previous: Mapping[str, Any]) -
         "calibration": view.planned.calibration,
         "phase": str(phase),
         "gpuSeconds": round(view.seconds, 1),
+        "gpuSecondsSaved": round(view.saved_seconds, 1) if view.saved_seconds > 0 else None,
     }
     scores = [{"step": step, "score": _text(score)} for step, score in sorted(view.scores.items())]
     if scores:
@@ -165,7 +204,18 @@ def trial_row(view: TrialView, phase: TrialPhase, previous: Mapping[str, Any]) -
         if why is not None and why.get("status") == "True":
             row["reason"] = str(why.get("reason") or "")
             row["message"] = str(why.get("message") or "")[:4096]
+    elif view.remembered is not None:
+        row["reason"] = view.remembered.get("reason")
+        row["message"] = view.remembered.get("message")
     return {key: value for key, value in row.items() if value is not None}
+
+
+def remembered_view(trial: PlannedTrial, row: Mapping[str, Any]) -> TrialView:
+    """A deleted finished trial exactly as its status row left it — scores, objective, GPU-seconds used and saved
+    were final when it ended (its curve, if Prometheus still has it, only keeps it a peer at the rungs)."""
+    seconds = _number(row.get("gpuSeconds")) or 0.0
+    saved = _number(row.get("gpuSecondsSaved")) or 0.0
+    return TrialView(trial, None, {}, _number(row.get("objective")), seconds, saved, remembered=row)
 
 
 def _text(value: float | None) -> str | None:
@@ -195,14 +245,14 @@ def sweep_status(
     before = {row.get("name"): row for row in previous.get("trials") or []}
     rows, phases = [], []
     for view in views:
-        phase = trial_phase(view.job)
+        phase = view.phase()
         phases.append(phase)
         rows.append(trial_row(view, phase, before.get(view.planned.name, {})))
     spec = sweep.spec
     objectives = {row["name"]: row.get("objective") for row in rows if row["phase"] == TrialPhase.Succeeded}
     winner = decide.best(objectives, spec.objective.direction)
     used = sum(view.seconds for view in views)
-    saved = sum(view.saved_seconds for view in views if view.job is not None and trial_phase(view.job) == "Pruned")
+    saved = sum(view.saved_seconds for view, phase in zip(views, phases, strict=True) if phase == TrialPhase.Pruned)
     first = spec.pruning.first_rung_step
     first_scores = {row["name"]: _first_score(row, first) for row in rows}
     rho = decide.correlation(
@@ -213,7 +263,7 @@ def sweep_status(
         first,
     )
     out: Manifest = {
-        "phase": str(_sweep_phase(spec, phases, budget_spent, [view.job is not None for view in views])),
+        "phase": str(_sweep_phase(spec, phases, budget_spent, [view.created() for view in views])),
         "observedGeneration": sweep.metadata.generation,
         "trialsTotal": len(views),
         "running": sum(1 for phase in phases if phase == TrialPhase.Running),
@@ -423,7 +473,8 @@ class SweepController:
             return
         now = self.ctx.clock().timestamp()
         found = {trial.name: self._owned(jobs(namespace, trial.name), meta.get("uid")) for trial in planned}
-        curves = self._read_curves(sweep, planned, found)
+        remembered = remembered_rows(planned, found, status_of(body))
+        curves = self._read_curves(sweep, planned, found, remembered)
         external = self._promql_scores(sweep, planned, found, curves)
         verdicts = decide.judge_sweep(list(curves.values()), sweep.spec.pruning, external) if curves else {}
         scores = decide.scores_by_rung(list(curves.values()), sweep.spec.pruning, external) if curves else {}
@@ -434,9 +485,13 @@ class SweepController:
                 found[trial.name] = self._prune(body, sweep, job, verdict, last) or job
         self._suspend(sweep, found)
         used = sum(device_seconds(job, now) for job in found.values())
-        for trial in to_start(planned, found, sweep.spec, used):
+        used += sum(float(row.get("gpuSeconds") or 0.0) for row in remembered.values())
+        for trial in to_start(planned, found, sweep.spec, used, remembered):
             found[trial.name] = self._create(body, sweep, trial)
-        views = [self._view(sweep, trial, found[trial.name], curves, scores, now) for trial in planned]
+        views = [
+            self._view(sweep, trial, found[trial.name], curves, scores, now, remembered.get(trial.name))
+            for trial in planned
+        ]
         self._write(body, sweep, views)
 
     # reading
@@ -449,17 +504,26 @@ class SweepController:
         return job if any(ref.get("uid") == uid for ref in refs) else None
 
     def _read_curves(
-        self, sweep: FineTuneSweep, planned: Sequence[PlannedTrial], found: Mapping[str, Manifest | None]
+        self,
+        sweep: FineTuneSweep,
+        planned: Sequence[PlannedTrial],
+        found: Mapping[str, Manifest | None],
+        remembered: Collection[str] = (),
     ) -> dict[str, decide.Curve]:
         """Curves of every trial that has run: live ones re-read each cycle, ended ones once per process (read after
-        they ended)."""
+        they ended). A remembered trial's curve is still in Prometheus (for its retention): it stays a peer at the
+        rungs it reached, so deleting finished trials does not change how the others are judged."""
         out: dict[str, decide.Curve] = {}
         for trial in planned:
             job = found[trial.name]
-            if job is None or status_of(job).get("startTime") is None:
+            if job is None and trial.name in remembered:
+                job = {"metadata": {"namespace": sweep.metadata.namespace, "name": trial.name, "uid": "deleted"}}
+                ended = True
+            elif job is None or status_of(job).get("startTime") is None:
                 continue
+            else:
+                ended = trial_phase(job) in _ENDED
             key = f"{job['metadata']['namespace']}/{trial.name}/{job['metadata'].get('uid')}"
-            ended = trial_phase(job) in _ENDED
             if ended and key in self._curves:
                 out[trial.name] = self._curves[key]
                 continue
@@ -503,7 +567,10 @@ class SweepController:
         curves: Mapping[str, decide.Curve],
         scores: Mapping[str, dict[int, float | None]],
         now: float,
+        remembered: Mapping[str, Any] | None = None,
     ) -> TrialView:
+        if job is None and remembered is not None:
+            return remembered_view(trial, remembered)
         curve = curves.get(trial.name)
         phase = trial_phase(job)
         objective = None
@@ -606,4 +673,12 @@ class SweepController:
         self._reported[key] = meta.get("generation")
 
 
-__all__ = ["SweepController", "prometheus_curve", "run_sweeps", "sweep_status", "to_start", "trial_phase"]
+__all__ = [
+    "SweepController",
+    "prometheus_curve",
+    "remembered_rows",
+    "run_sweeps",
+    "sweep_status",
+    "to_start",
+    "trial_phase",
+]
